@@ -1,0 +1,25 @@
+//! The wire schema shared by the sensor, the collector and the CLI.
+//!
+//! Three things live here and nowhere else: the enriched, ECS-shaped [`Event`] and [`Alert`]
+//! (serialized as JSON at the edges and as MessagePack maps on the wire, so fields can be added
+//! without breaking older peers), the request/reply [`Frame`]s exchanged over QUIC streams, and
+//! the length-prefixed codec that carries them. Nothing here knows the kernel record layout.
+
+mod codec;
+mod event;
+mod frame;
+mod time;
+
+pub use codec::{decode, encode, read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
+pub use event::{
+    Alert, Container, Event, EventAction, EventMeta, Host, Level, ParentProcess, Process,
+    RuleInfo, UserRef,
+};
+pub use frame::{AlertQuery, Batch, Envelope, Reply, Request, StoredAlert, Subscribe};
+pub use time::Timestamp;
+
+/// Bumped when a frame changes incompatibly; peers refuse envelopes of another version.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The QUIC ALPN token of this protocol version.
+pub const ALPN: &[u8] = b"vigil/1";
