@@ -1,1 +1,8 @@
+//! The library behind the operator CLI `vigil`: talking to the collector as an operator
+//! ([`client`]), following alerts ([`tail`]), printing them ([`output`]) and making the
+//! deployment's certificates ([`certs`], also used by the collector's tests).
 
+pub mod certs;
+pub mod client;
+pub mod output;
+pub mod tail;

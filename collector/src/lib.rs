@@ -1,1 +1,18 @@
+//! Vigil's collector: the central server sensors publish to and operators read from.
+//!
+//! It owns the collector side of the pipeline: mutually authenticated QUIC ingest (only peers
+//! whose certificate chains to the deployment CA get in, and the certificate's role decides
+//! what they may ask), durable storage in SQLite with per-sensor dedup (a batch is acked only
+//! after it is committed), and alert fan-out to subscribed operators with replay from the
+//! store, so `vigil tail` can resume without gaps.
+//!
+//! Tests and embedders use [`Collector::bind`] (port 0 works) and [`Collector::run`]; the
+//! binary calls [`run`].
 
+pub mod config;
+mod server;
+mod store;
+
+pub use config::{CollectorConfig, ConfigError, TlsConfig};
+pub use server::{run, Collector, CollectorError};
+pub use store::StoreError;

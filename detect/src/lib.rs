@@ -1,1 +1,31 @@
+//! Vigil's rule language: Sigma rules parsed from YAML with positions, validated, compiled and
+//! matched against enriched [`vigil_proto::Event`]s. Used by the sensor (matching), the
+//! collector and the CLI (`vigil rules check|test|list`).
+//!
+//! This first cut compiles Linux `process_creation` rules: selections (maps, lists of maps,
+//! keywords, nulls), the modifiers `contains`, `startswith`, `endswith`, `all`, `re` (with
+//! `i`/`m`/`s`), `cased`, `windash`, `exists`, `base64`, `base64offset`, `lt`/`lte`/`gt`/`gte`,
+//! Sigma wildcards, and full conditions. Rules for other log sources load as
+//! [`Unsupported`] and are skipped. Every problem is a [`RuleError`] pointing at
+//! `path:line:column`. Matching is pure: no I/O, no clock.
 
+mod condition;
+mod detection;
+mod document;
+mod embedded;
+mod error;
+mod field;
+mod matcher;
+mod modifier;
+mod rule;
+mod ruleset;
+
+pub use embedded::{sample_exec_event, SampleError, TestCase, TestFailure};
+pub use error::{Location, RuleError};
+pub use rule::{LogSource, Rule, Unsupported};
+pub use ruleset::RuleSet;
+
+/// The Sigma field names rules can test, for help texts and documentation.
+pub fn known_fields() -> impl Iterator<Item = &'static str> {
+    field::Field::sigma_names()
+}

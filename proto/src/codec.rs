@@ -10,6 +10,9 @@ use crate::{Envelope, PROTOCOL_VERSION};
 /// Largest frame either side accepts or sends.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// Initial buffer for a frame body; it grows as the bytes arrive.
+const READ_CHUNK: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The stream failed or ended in the middle of a frame.
@@ -96,8 +99,13 @@ where
             limit: limit.min(MAX_FRAME_BYTES),
         });
     }
-    let mut bytes = vec![0u8; len];
-    reader.read_exact(&mut bytes).await?;
+    // NB: grow the buffer as bytes arrive rather than allocating `len` up front, so a peer that
+    // announces a large frame and sends nothing costs us nothing.
+    let mut bytes = Vec::with_capacity(len.min(READ_CHUNK));
+    reader.take(len as u64).read_to_end(&mut bytes).await?;
+    if bytes.len() < len {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     decode(&bytes).map(Some)
 }
 
@@ -180,7 +188,10 @@ mod tests {
         })
         .unwrap();
         let err = decode::<Subscribe>(&bytes).unwrap_err();
-        assert!(matches!(err, FrameError::Version { theirs: 99, .. }), "{err}");
+        assert!(
+            matches!(err, FrameError::Version { theirs: 99, .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -200,10 +211,24 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)), "{err}");
         wire.clear();
-        assert!(read_frame::<_, Reply>(&mut wire.as_slice(), MAX_FRAME_BYTES)
+        assert!(
+            read_frame::<_, Reply>(&mut wire.as_slice(), MAX_FRAME_BYTES)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_is_an_error_not_a_clean_end() {
+        let mut wire: &[u8] = &[0, 0, 0, 10, 1, 2, 3];
+        let err = read_frame::<_, Reply>(&mut wire, MAX_FRAME_BYTES)
             .await
-            .unwrap()
-            .is_none());
+            .unwrap_err();
+        assert!(
+            matches!(&err, FrameError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{err}"
+        );
     }
 
     #[tokio::test]

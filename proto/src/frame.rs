@@ -60,6 +60,10 @@ pub struct AlertQuery {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "replies are built once and written at once; boxing buys nothing"
+)]
 pub enum Reply {
     /// The batch with this sequence number is durably stored (or was already).
     Ack { seq: u64 },

@@ -9,11 +9,13 @@ mod codec;
 mod event;
 mod frame;
 mod time;
+#[cfg(feature = "transport")]
+pub mod transport;
 
 pub use codec::{decode, encode, read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
 pub use event::{
-    Alert, Container, Event, EventAction, EventMeta, Host, Level, ParentProcess, Process,
-    RuleInfo, UserRef,
+    Alert, Container, Event, EventAction, EventMeta, Host, Level, ParentProcess, Process, RuleInfo,
+    UserRef,
 };
 pub use frame::{AlertQuery, Batch, Envelope, Reply, Request, StoredAlert, Subscribe};
 pub use time::Timestamp;

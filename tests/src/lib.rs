@@ -1,1 +1,188 @@
+//! Harness for the end-to-end tier: find the built binaries, run them as real processes, collect
+//! their output, and always stop them (SIGTERM, then SIGKILL) even when a test fails.
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Directory of `vigil`, `vigil-sensor`, `vigil-collector`: `VIGIL_BIN_DIR` (set by
+/// `cargo xtask test`), else the cargo target directory this test binary was built in.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("VIGIL_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("current_exe");
+            // target/debug/deps/kernel-xxxx -> target/debug
+            exe.parent()
+                .and_then(|p| p.parent())
+                .expect("target dir")
+                .to_path_buf()
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// The kernel tier needs root; without it the test fails with the reason, it never passes.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test loads eBPF programs and needs root: run `sudo cargo xtask test`"
+    );
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A unique token for argv, so that no other activity on the host can match a test's filter.
+pub fn marker(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("vigil-{tag}-{}-{nanos}", std::process::id())
+}
+
+/// A child process whose stdout and stderr lines are collected as they arrive.
+pub struct Proc {
+    name: String,
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            collect(out, stdout.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            collect(err, stderr.clone());
+        }
+        Proc {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout lock").clone()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("stderr lock").join("\n")
+    }
+
+    /// Waits until a stderr line contains `needle`; panics with the whole stderr otherwise.
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) {
+        let found = poll_until(timeout, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before printing {needle:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr_text()
+                );
+            }
+            self.stderr_text().contains(needle).then_some(())
+        });
+        if found.is_none() {
+            panic!(
+                "{} did not print {needle:?} within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr_text()
+            );
+        }
+    }
+
+    /// SIGTERM, then waits up to `grace` before SIGKILL. Returns the exit status and how long
+    /// the process took to stop.
+    pub fn terminate(&mut self, grace: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        if let Some(status) = poll_until(grace, || self.child.try_wait().ok().flatten()) {
+            return (status, started.elapsed());
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("wait after SIGKILL");
+        (status, started.elapsed())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            if poll_until(Duration::from_secs(5), || {
+                self.child.try_wait().ok().flatten()
+            })
+            .is_none()
+            {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut lines) = lines.lock() {
+                lines.push(line);
+            }
+        }
+    });
+}
+
+/// Parses JSON lines, skipping any that are not JSON objects (log noise).
+pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+/// Starts `vigil-sensor` with `args` and waits until its programs are attached.
+pub fn start_sensor(args: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("vigil-sensor"));
+    cmd.args(args).env("RUST_LOG", "info").env("NO_COLOR", "1");
+    let mut sensor = Proc::spawn("vigil-sensor", cmd);
+    sensor.wait_stderr("sensor running", Duration::from_secs(30));
+    sensor
+}

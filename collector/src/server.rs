@@ -1,0 +1,446 @@
+//! The QUIC front: accepts mutually authenticated connections, reads one request per stream,
+//! decides by the peer's certificate role whether it may make it, and answers.
+//!
+//! Everything a peer controls is bounded: connections (a semaphore), streams per connection
+//! (the transport config), request size (by role), query size, and how far a subscriber may
+//! fall behind (a bounded broadcast; a subscriber that lags catches up from the store instead
+//! of holding ingest back).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{ConnectionError, VarInt};
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+use vigil_proto::transport::{self, PeerIdentity, Role, TlsFiles, TransportError};
+use vigil_proto::{
+    read_frame, write_frame, AlertQuery, Batch, FrameError, Reply, Request, StoredAlert, Subscribe,
+    MAX_FRAME_BYTES,
+};
+
+use crate::config::CollectorConfig;
+use crate::store::{Published, Store, StoreError, Writer};
+
+/// Connections served at once; more are refused at once rather than queued.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Operators send small requests; a larger one is refused before it is buffered.
+const OPERATOR_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Live alerts buffered per subscriber before it counts as lagging.
+const FANOUT_CAPACITY: usize = 1024;
+
+/// Alerts read from the store per query while replaying a subscription.
+const REPLAY_PAGE: u32 = 256;
+
+/// Most alerts one query returns; `vigil alerts` pages by time beyond that.
+const MAX_QUERY_LIMIT: u32 = 10_000;
+
+/// JSON bytes of alerts per query answer: half a frame, since MessagePack is smaller than JSON.
+const QUERY_BYTE_BUDGET: usize = MAX_FRAME_BYTES / 2;
+
+/// Application close code sent to every peer at shutdown.
+const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
+/// Application close code for a peer whose certificate names no usable identity.
+const CLOSE_BAD_IDENTITY: VarInt = VarInt::from_u32(1);
+/// Stream error code: the request could not be decoded; stop sending.
+const STREAM_MALFORMED: VarInt = VarInt::from_u32(1);
+
+/// How long shutdown waits for close frames to reach peers.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// The TLS files are missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] TransportError),
+    /// The UDP socket could not be bound (address in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A bound collector: learn its address with [`Collector::local_addr`], then [`Collector::run`].
+pub struct Collector {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    shared: Shared,
+    writer: Writer,
+}
+
+/// What every connection task needs.
+#[derive(Clone)]
+struct Shared {
+    store: Store,
+    alerts: broadcast::Sender<StoredAlert>,
+}
+
+impl Collector {
+    /// Opens the database, loads the certificates and binds the UDP socket. Port 0 picks a free
+    /// port (tests do this).
+    pub async fn bind(config: &CollectorConfig) -> Result<Self, CollectorError> {
+        let CollectorConfig {
+            listen,
+            database,
+            tls,
+        } = config;
+        let server = transport::server_config(&TlsFiles::from(tls))?;
+        let (alerts, _) = broadcast::channel(FANOUT_CAPACITY);
+        let database = database.clone();
+        let fanout = alerts.clone();
+        let (store, writer) = tokio::task::spawn_blocking(move || Store::open(&database, fanout))
+            .await
+            .map_err(|_| StoreError::TaskFailed)??;
+        let endpoint =
+            quinn::Endpoint::server(server, *listen).map_err(|source| CollectorError::Bind {
+                addr: *listen,
+                source,
+            })?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| CollectorError::Bind {
+                addr: *listen,
+                source,
+            })?;
+        info!(%local_addr, database = %config.database.display(), "listening on {local_addr}");
+        Ok(Self {
+            endpoint,
+            local_addr,
+            shared: Shared { store, alerts },
+            writer,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection, lets the writer commit
+    /// what it has queued, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), CollectorError> {
+        let Self {
+            endpoint,
+            local_addr: _,
+            shared,
+            writer,
+        } = self;
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            connections.spawn(serve_connection(incoming, shared.clone(), slot));
+                        }
+                        Err(_) => {
+                            let remote = incoming.remote_address();
+                            warn!(%remote, "refused connection from {remote}: {MAX_CONNECTIONS} connections already open");
+                            incoming.refuse();
+                        }
+                    }
+                }
+                Some(done) = connections.join_next() => log_task_end(done),
+                () = &mut shutdown => break,
+            }
+        }
+        info!("shutting down");
+        endpoint.close(CLOSE_SHUTDOWN, b"collector shutting down");
+        while let Some(done) = connections.join_next().await {
+            log_task_end(done);
+        }
+        // NB: the writer thread stops once every store handle is gone; the connection tasks
+        // held the others.
+        drop(shared);
+        if tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .is_err()
+        {
+            error!("storage writer could not be joined");
+        }
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, endpoint.wait_idle()).await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Binds and serves `config` until `shutdown` completes.
+pub async fn run(
+    config: CollectorConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CollectorError> {
+    Collector::bind(&config).await?.run(shutdown).await
+}
+
+fn log_task_end(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            error!("a connection task panicked: {e}");
+        }
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Shared, _slot: OwnedSemaphorePermit) {
+    let remote = incoming.remote_address();
+    let handshake = match incoming.accept() {
+        Ok(connecting) => connecting.await,
+        Err(e) => Err(e),
+    };
+    let conn = match handshake {
+        Ok(conn) => conn,
+        // Our own TLS stack refused the peer (e.g. a certificate from another CA).
+        Err(ConnectionError::TransportError(e)) => {
+            let reason = if e.reason.is_empty() {
+                e.to_string()
+            } else {
+                e.reason
+            };
+            warn!(%remote, "refused connection from {remote}: {reason}");
+            return;
+        }
+        Err(e) => {
+            warn!(%remote, "handshake with {remote} failed: {e}");
+            return;
+        }
+    };
+    let peer = match transport::peer_identity(&conn) {
+        Ok(peer) => Arc::new(peer),
+        Err(e) => {
+            warn!(%remote, "refused connection from {remote}: {e}");
+            conn.close(CLOSE_BAD_IDENTITY, b"certificate names no vigil identity");
+            return;
+        }
+    };
+    info!(%remote, peer = %peer.name, role = %peer.role, "connection from {peer} at {remote}");
+    let mut streams = JoinSet::new();
+    let closed = loop {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    streams.spawn(serve_stream(shared.clone(), peer.clone(), remote, send, recv));
+                }
+                Err(e) => break e,
+            },
+            Some(done) = streams.join_next() => log_task_end(done),
+        }
+    };
+    match closed {
+        ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed => {
+            debug!(%remote, peer = %peer.name, "connection from {peer} closed: {closed}")
+        }
+        other => info!(%remote, peer = %peer.name, "connection from {peer} lost: {other}"),
+    }
+    // In-flight streams end at their next read or write now that the connection is gone.
+    while let Some(done) = streams.join_next().await {
+        log_task_end(done);
+    }
+}
+
+/// Why a request stream ended early; only logged.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+async fn serve_stream(
+    shared: Shared,
+    peer: Arc<PeerIdentity>,
+    remote: SocketAddr,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    // Batches can be large; nothing an operator sends needs more than a few bytes.
+    let limit = match peer.role {
+        Role::Sensor => MAX_FRAME_BYTES,
+        Role::Operator | Role::Collector => OPERATOR_REQUEST_BYTES,
+    };
+    let request = match read_frame::<_, Request>(&mut recv, limit).await {
+        Ok(Some(request)) => request,
+        Ok(None) => return,
+        Err(FrameError::Io(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+            debug!(%remote, peer = %peer.name, "request stream from {peer} failed: {e}");
+            return;
+        }
+        Err(e) => {
+            warn!(%remote, peer = %peer.name, role = %peer.role, "malformed request from {peer} at {remote}: {e}");
+            let _ = recv.stop(STREAM_MALFORMED);
+            let reason = format!("malformed request: {e}");
+            let _ = write_frame(&mut send, &Reply::Refused { reason }).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let outcome = match (request, peer.role) {
+        (Request::Publish(batch), Role::Sensor) => publish(&shared, &peer, batch, &mut send).await,
+        (Request::Subscribe(subscribe), Role::Operator) => {
+            subscription(&shared, &peer, subscribe, &mut send).await
+        }
+        (Request::QueryAlerts(query), Role::Operator) => {
+            query_alerts(&shared, &peer, query, &mut send).await
+        }
+        (request, role) => {
+            let what = match request {
+                Request::Publish(_) => "publish",
+                Request::Subscribe(_) => "subscribe",
+                Request::QueryAlerts(_) => "query alerts",
+                _ => "make this request",
+            };
+            warn!(%remote, peer = %peer.name, %role, "refused request from {peer}: a {role} may not {what}");
+            let reason = format!("a {role} certificate may not {what}");
+            write_frame(&mut send, &Reply::Refused { reason })
+                .await
+                .map_err(StreamError::from)
+        }
+    };
+    if let Err(e) = outcome {
+        debug!(%remote, peer = %peer.name, "stream to {peer} ended: {e}");
+    }
+    let _ = send.finish();
+}
+
+async fn publish(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    batch: Batch,
+    send: &mut quinn::SendStream,
+) -> Result<(), StreamError> {
+    let seq = batch.seq;
+    let (events, alerts) = (batch.events.len(), batch.alerts.len());
+    let reply = match shared.store.publish(peer.name.clone(), batch).await {
+        Ok(Published::Stored { .. }) => {
+            debug!(peer = %peer.name, seq, events, alerts, "stored batch");
+            Reply::Ack { seq }
+        }
+        Ok(Published::Duplicate) => {
+            debug!(peer = %peer.name, seq, "batch was already stored; acking again");
+            Reply::Ack { seq }
+        }
+        Err(e) => {
+            error!(peer = %peer.name, seq, "cannot store batch {seq} from {peer}: {e}");
+            Reply::Refused {
+                reason: "the collector could not store the batch; retry later".into(),
+            }
+        }
+    };
+    Ok(write_frame(send, &reply).await?)
+}
+
+async fn query_alerts(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    query: AlertQuery,
+    send: &mut quinn::SendStream,
+) -> Result<(), StreamError> {
+    let AlertQuery { since, limit } = query;
+    let reply = match shared
+        .store
+        .alerts_since(since, limit.min(MAX_QUERY_LIMIT), QUERY_BYTE_BUDGET)
+        .await
+    {
+        Ok(alerts) => Reply::Alerts(alerts),
+        Err(e) => {
+            error!(peer = %peer.name, "alert query from {peer} failed: {e}");
+            Reply::Refused {
+                reason: "the collector could not read its store".into(),
+            }
+        }
+    };
+    Ok(write_frame(send, &reply).await?)
+}
+
+/// Streams stored alerts after `after_id`, then live ones, until the operator goes away.
+async fn subscription(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    subscribe: Subscribe,
+    send: &mut quinn::SendStream,
+) -> Result<(), StreamError> {
+    let Subscribe { after_id } = subscribe;
+    // NB: join the live feed *before* reading the store. An alert committed in between is
+    // then seen twice and the id check drops the copy; the other order would lose it.
+    let mut live = shared.alerts.subscribe();
+    let start = match after_id {
+        Some(id) => Ok(id),
+        None => shared.store.last_alert_id().await,
+    };
+    let outcome = match start {
+        Ok(start) => {
+            info!(peer = %peer.name, after_id = start, "{peer} subscribed to alerts after id {start}");
+            follow(shared, &mut live, start, send).await
+        }
+        Err(e) => Err(e.into()),
+    };
+    if let Err(StreamError::Store(e)) = &outcome {
+        error!(peer = %peer.name, "subscription of {peer} failed: {e}");
+        let reason = "the collector could not read its store".to_owned();
+        let _ = write_frame(send, &Reply::Refused { reason }).await;
+    }
+    outcome
+}
+
+async fn follow(
+    shared: &Shared,
+    live: &mut broadcast::Receiver<StoredAlert>,
+    after_id: i64,
+    send: &mut quinn::SendStream,
+) -> Result<(), StreamError> {
+    // Resolves when the operator stops reading or the connection goes: without it a quiet
+    // subscription would hold its stream (and its slot) until the next alert.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let mut last_sent = replay(&shared.store, after_id, send).await?;
+    loop {
+        tokio::select! {
+            received = live.recv() => match received {
+                Ok(alert) => {
+                    if alert.id > last_sent {
+                        last_sent = alert.id;
+                        write_frame(send, &Reply::Alert(alert)).await?;
+                    }
+                }
+                // Everything it missed is committed (the writer broadcasts after commit), so
+                // the store has it: catch up from there rather than drop or block.
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    debug!(missed, "subscriber lagged; catching up from the store");
+                    last_sent = replay(&shared.store, last_sent, send).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = &mut stopped => return Ok(()),
+        }
+    }
+}
+
+/// Sends every stored alert after `after_id`; returns the last id sent (or `after_id`).
+async fn replay(
+    store: &Store,
+    after_id: i64,
+    send: &mut quinn::SendStream,
+) -> Result<i64, StreamError> {
+    let mut last = after_id;
+    loop {
+        let page = store.alerts_after(last, REPLAY_PAGE).await?;
+        let full = page.len() == REPLAY_PAGE as usize;
+        for alert in page {
+            last = alert.id;
+            write_frame(send, &Reply::Alert(alert)).await?;
+        }
+        if !full {
+            return Ok(last);
+        }
+    }
+}

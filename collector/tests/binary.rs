@@ -1,0 +1,203 @@
+//! The real `vigil-collector` binary: YAML config, refusing a certificate from another CA (and
+//! saying so in its log), logging malformed requests, and a clean exit on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::{Peer, Pki};
+use vigil_cli::certs;
+use vigil_proto::transport::{self, Role};
+use vigil_proto::{AlertQuery, Reply, Request, Timestamp};
+
+/// The collector process, killed if the test fails before stopping it.
+struct Process {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil-collector"))
+            .args(args)
+            .env_remove("VIGIL_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vigil-collector");
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let (lines, stderr) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Blocks until a stderr line contains every one of `parts`, and returns it.
+    fn wait_for_line(&mut self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + support::DEADLINE;
+        loop {
+            if let Some(line) = self
+                .seen
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "no stderr line with {parts:?} within {:?}; stderr so far:\n{}",
+                    support::DEADLINE,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + support::DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for collector") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "collector did not exit within {:?}",
+                support::DEADLINE
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_foreign_certificates_logs_why_and_stops_on_sigterm() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    let config = data.path().join("collector.yaml");
+    let files = pki.files("collector");
+    std::fs::write(
+        &config,
+        format!(
+            "# written by the test\nlisten: 127.0.0.1:0\ndatabase: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\n",
+            data.path().join("collector.db").display(),
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display()
+        ),
+    )
+    .expect("write config");
+    let mut collector = Process::start(&["--config", config.to_str().expect("utf-8 path")]);
+    let line = collector.wait_for_line(&["listening on "]);
+    let addr: SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+
+    // A certificate from another CA, with a role and name that would otherwise be accepted.
+    let other_ca = tempfile::tempdir().expect("temp dir");
+    certs::init_ca(other_ca.path(), false).expect("make other CA");
+    certs::issue(other_ca.path(), Role::Operator, "mallory", &[], false).expect("issue");
+    let mut mallory = certs::tls_files(other_ca.path(), "mallory");
+    // Mallory trusts the real collector, so only the collector's check can stop her.
+    mallory.ca = files.ca.clone();
+    let endpoint = transport::client_endpoint(&mallory).expect("endpoint");
+    let query = Request::QueryAlerts(AlertQuery {
+        since: Timestamp(0),
+        limit: 10,
+    });
+    // NB: in TLS 1.3 the client may finish its side of the handshake before the server has
+    // checked its certificate, so the refusal can surface at connect or at the first request.
+    let refused = match transport::connect(&endpoint, addr, "localhost").await {
+        Err(_) => true,
+        Ok(conn) => {
+            let peer = Peer {
+                endpoint: endpoint.clone(),
+                conn,
+            };
+            let outcome = tokio::time::timeout(support::DEADLINE, async {
+                let (mut send, mut recv) = peer.conn.open_bi().await?;
+                vigil_proto::write_frame(&mut send, &query).await?;
+                let _ = send.finish();
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    vigil_proto::read_frame::<_, Reply>(&mut recv, 1 << 20).await?,
+                )
+            })
+            .await
+            .expect("the refusal within the deadline");
+            outcome.is_err()
+        }
+    };
+    assert!(refused, "a certificate from another CA was served");
+    let line = collector.wait_for_line(&["refused connection from 127.0.0.1:", "UnknownIssuer"]);
+    assert!(line.contains("WARN"), "{line}");
+
+    // A malformed request is logged with who sent it; the real operator is still served.
+    let alice = Peer::connect(addr, &pki.files("alice")).await;
+    let (mut send, mut recv) = alice.conn.open_bi().await.expect("open stream");
+    send.write_all(&[0, 0, 0, 2, 0xc1, 0xc1])
+        .await
+        .expect("write garbage");
+    send.finish().expect("finish");
+    let reply = vigil_proto::read_frame::<_, Reply>(&mut recv, 1 << 20).await;
+    assert!(
+        matches!(reply, Ok(Some(Reply::Refused { .. }))),
+        "{reply:?}"
+    );
+    collector.wait_for_line(&["malformed request from alice (operator)"]);
+    assert!(matches!(alice.ask(&query).await, Reply::Alerts(_)));
+
+    let pid = collector.child.id().to_string();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(kill.success(), "kill -TERM {pid} failed");
+    let status = collector.wait_for_exit();
+    assert!(
+        status.success(),
+        "collector exited with {status} after SIGTERM"
+    );
+    collector.wait_for_line(&["stopped"]);
+}
+
+#[test]
+fn a_bad_config_is_one_line_naming_file_line_and_key() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let config = data.path().join("collector.yaml");
+    std::fs::write(&config, "listen: 127.0.0.1:0\ndatabse: /tmp/x.db\n").expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil-collector"))
+        .args(["--config", config.to_str().expect("utf-8 path")])
+        .output()
+        .expect("run vigil-collector");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("{}:2:1: databse: Unknown field `databse`", config.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

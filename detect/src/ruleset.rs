@@ -1,0 +1,159 @@
+//! [`RuleSet`]: loading rule files and directories, keeping rule ids unique, and matching
+//! events against every compiled rule. Loading does the I/O; matching is pure.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use vigil_proto::{Event, EventAction};
+
+use crate::document::parse_documents;
+use crate::embedded::TestFailure;
+use crate::error::{Location, RuleError};
+use crate::field::EventView;
+use crate::rule::{from_document, Parsed, Rule, Unsupported};
+
+/// A compiled set of rules, in load order.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    unsupported: Vec<Unsupported>,
+    /// Rule id → where it was first defined, to reject duplicates across files.
+    ids: HashMap<String, Location>,
+}
+
+impl RuleSet {
+    /// Files, or directories searched recursively for *.yml / *.yaml.
+    ///
+    /// Directory entries are read in name order so that load order (and so match order) is
+    /// the same on every host. Symbolic links to directories are not followed (no loops);
+    /// a file given explicitly is read whatever its extension. The first error aborts.
+    pub fn load<P: AsRef<Path>>(paths: &[P]) -> Result<RuleSet, RuleError> {
+        let mut files = Vec::new();
+        for path in paths {
+            collect_files(path.as_ref(), true, &mut files)?;
+        }
+        let mut set = RuleSet::default();
+        for file in files {
+            let text = fs::read_to_string(&file).map_err(|source| RuleError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            set.add_source(&text, &file.display().to_string())?;
+        }
+        Ok(set)
+    }
+
+    /// `origin` names the source in errors (a path, or "<inline>").
+    pub fn parse(source: &str, origin: &str) -> Result<RuleSet, RuleError> {
+        let mut set = RuleSet::default();
+        set.add_source(source, origin)?;
+        Ok(set)
+    }
+
+    fn add_source(&mut self, source: &str, origin: &str) -> Result<(), RuleError> {
+        for doc in parse_documents(source, origin)? {
+            match from_document(&doc)? {
+                Parsed::Rule(rule) => {
+                    let id = &rule.info().id;
+                    if let Some(first) = self.ids.get(id) {
+                        return Err(RuleError::DuplicateId {
+                            at: rule.location().clone(),
+                            id: id.clone(),
+                            first: first.clone(),
+                        });
+                    }
+                    self.ids.insert(id.clone(), rule.location().clone());
+                    self.rules.push(*rule);
+                }
+                Parsed::Unsupported(skipped) => self.unsupported.push(skipped),
+            }
+        }
+        Ok(())
+    }
+
+    /// Compiled, matchable rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Rules that were read but skipped: other log sources, correlation rules.
+    pub fn unsupported(&self) -> &[Unsupported] {
+        &self.unsupported
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
+    /// Rules matching the event, in load order. Pure: no I/O, no clock.
+    pub fn matches<'a>(&'a self, event: &Event) -> Vec<&'a Rule> {
+        // Every compiled rule is a process_creation rule, and only exec creates a process
+        // image (fork copies one; exit ends one).
+        if event.event.action != EventAction::Exec {
+            return Vec::new();
+        }
+        let view = EventView::new(event);
+        self.rules
+            .iter()
+            .filter(|r| r.matches_view(&view))
+            .collect()
+    }
+
+    /// Runs every rule's `vigil.tests` cases against that rule alone.
+    pub fn run_embedded_tests(&self) -> Vec<TestFailure> {
+        let mut failures = Vec::new();
+        for rule in &self.rules {
+            for case in rule.test_cases() {
+                if rule.matches(case.event()) != case.expects_match() {
+                    failures.push(TestFailure {
+                        at: case.location().clone(),
+                        rule_id: rule.info().id.clone(),
+                        rule_title: rule.info().title.clone(),
+                        expected_match: case.expects_match(),
+                    });
+                }
+            }
+        }
+        failures
+    }
+}
+
+fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>) -> Result<(), RuleError> {
+    let io = |source| RuleError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = if explicit {
+        fs::metadata(path)
+    } else {
+        fs::symlink_metadata(path)
+    }
+    .map_err(io)?;
+    if meta.is_dir() {
+        let mut entries = fs::read_dir(path)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io)?;
+        entries.sort();
+        for entry in entries {
+            collect_files(&entry, false, files)?;
+        }
+    } else if explicit || is_rule_file(path) {
+        files.push(path.to_owned());
+    }
+    Ok(())
+}
+
+fn is_rule_file(path: &Path) -> bool {
+    let is_yaml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml"));
+    // NB: found by a directory walk, a symlink is followed only to a file.
+    is_yaml && fs::metadata(path).is_ok_and(|m| m.is_file())
+}

@@ -1,0 +1,141 @@
+//! The sensor's configuration: a YAML file (`--config`), every key also a flag; flags win.
+//! Unknown keys and bad values are errors naming the file, line and key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    /// Rule files or directories (searched for *.yml / *.yaml).
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
+    /// Where events and alerts are written locally: `none` (default) or `stdout` (ECS JSON lines).
+    #[serde(default)]
+    pub output: Output,
+    /// The collector to ship to; absent means local output only.
+    #[serde(default)]
+    pub collector: Option<CollectorConfig>,
+    /// Which exec hook to use: `auto` (default: the BTF tracepoint, else the plain one),
+    /// `btf` or `tracepoint` (no fallback: fail if it cannot attach).
+    #[serde(default)]
+    pub exec_hook: ExecHook,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecHook {
+    #[default]
+    Auto,
+    Btf,
+    Tracepoint,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    #[default]
+    None,
+    Stdout,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub address: SocketAddr,
+    /// Name the collector's certificate must carry.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl SensorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_norway::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config_parses() {
+        let config = SensorConfig::parse(
+            "rules: [/etc/vigil/rules.d]\noutput: stdout\ncollector:\n  address: 127.0.0.1:7443\n  ca: ca.pem\n  cert: s.pem\n  key: s-key.pem\n",
+            Path::new("sensor.yaml"),
+        )
+        .unwrap();
+        assert_eq!(config.output, Output::Stdout);
+        let collector = config.collector.unwrap();
+        assert_eq!(collector.server_name, "localhost");
+        assert_eq!(collector.address.port(), 7443);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = SensorConfig::parse(
+            "output: stdout\nrulez: []\n",
+            Path::new("/etc/vigil/sensor.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("/etc/vigil/sensor.yaml:2:"), "{err}");
+        assert!(err.contains("rulez"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_an_error() {
+        let err = SensorConfig::parse("output: syslog\n", Path::new("s.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("s.yaml:1:") && err.contains("syslog"), "{err}");
+    }
+}

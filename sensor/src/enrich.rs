@@ -1,0 +1,452 @@
+//! Raw kernel events to ECS events: the one owner of the process table.
+//!
+//! The table maps a live tgid to what we know of that process (entity id, executable, argv,
+//! working directory), seeded from /proc at start so processes older than the sensor have
+//! ancestry, then kept current by fork, exec and exit records. Lookups that need the host
+//! (working directory, cgroup, user names) go through [`SystemView`], so this module does no
+//! I/O of its own and is tested with a fake host.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+use vigil_proto::{
+    Container, Event, EventAction, EventMeta, Host, ParentProcess, Process, Timestamp, UserRef,
+};
+
+use crate::decode::{RawEvent, Subject};
+
+/// What enrichment asks of the host. `pid` is a tgid that may already be gone: every answer is
+/// optional.
+pub trait SystemView {
+    fn working_directory(&self, pid: u32) -> Option<String>;
+    fn executable(&self, pid: u32) -> Option<String>;
+    fn cgroup_path(&self, pid: u32) -> Option<String>;
+    fn user_name(&self, uid: u32) -> Option<String>;
+    fn group_name(&self, gid: u32) -> Option<String>;
+}
+
+/// Converts kernel boot-time stamps to wall-clock time, and names the host.
+#[derive(Clone, Debug)]
+pub struct HostContext {
+    pub host: Host,
+    /// Boot id: keeps entity ids unique across reboots that reuse (pid, start time).
+    pub boot_id: String,
+    /// Unix time in ns at boot: wall = boot_unix_ns + boot_ns.
+    pub boot_unix_ns: u64,
+    /// Kernel clock ticks per second, the unit of /proc/PID/stat start times.
+    pub clock_ticks_per_sec: u64,
+}
+
+impl HostContext {
+    fn wall(&self, boot_ns: u64) -> Timestamp {
+        Timestamp(self.boot_unix_ns.saturating_add(boot_ns))
+    }
+
+    /// Entity ids are derived from start times at /proc's tick resolution, so a process seeded
+    /// from /proc and the same process seen by the kernel get the same id.
+    pub fn entity_id(&self, tgid: u32, start_boot_ns: u64) -> String {
+        let ticks = start_boot_ns / (1_000_000_000 / self.clock_ticks_per_sec.max(1));
+        let mut hash = Sha256::new();
+        hash.update(self.host.id.as_bytes());
+        hash.update(self.boot_id.as_bytes());
+        hash.update(tgid.to_le_bytes());
+        hash.update(ticks.to_le_bytes());
+        let digest = hash.finalize();
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// What the table remembers of one live process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub start_boot_ns: u64,
+    pub entity_id: String,
+    pub name: String,
+    pub executable: String,
+    pub args: Vec<String>,
+    pub working_directory: Option<String>,
+}
+
+impl ProcessInfo {
+    fn as_parent(&self, ctx: &HostContext) -> ParentProcess {
+        ParentProcess {
+            pid: self.tgid,
+            entity_id: self.entity_id.clone(),
+            name: self.name.clone(),
+            executable: self.executable.clone(),
+            args: self.args.clone(),
+            command_line: command_line(&self.args),
+            start: ctx.wall(self.start_boot_ns),
+        }
+    }
+}
+
+pub struct Enricher<V> {
+    ctx: HostContext,
+    view: V,
+    table: HashMap<u32, ProcessInfo>,
+    sequence: u64,
+}
+
+impl<V: SystemView> Enricher<V> {
+    pub fn new(ctx: HostContext, view: V) -> Self {
+        Self {
+            ctx,
+            view,
+            table: HashMap::new(),
+            sequence: 0,
+        }
+    }
+
+    /// Adds a process known before the kernel programs started (from /proc).
+    pub fn seed(&mut self, info: ProcessInfo) {
+        self.table.insert(info.tgid, info);
+    }
+
+    pub fn context(&self) -> &HostContext {
+        &self.ctx
+    }
+
+    pub fn process(&self, tgid: u32) -> Option<&ProcessInfo> {
+        self.table.get(&tgid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Updates the table and produces the event the record describes.
+    pub fn enrich(&mut self, raw: RawEvent) -> Event {
+        match raw {
+            RawEvent::Exec {
+                subject,
+                filename,
+                args,
+                args_truncated,
+            } => self.exec(subject, filename, args, args_truncated),
+            RawEvent::Fork { child } => self.fork(child),
+            RawEvent::Exit { subject, status } => self.exit(subject, status),
+        }
+    }
+
+    fn exec(
+        &mut self,
+        subject: Subject,
+        filename: String,
+        args: Vec<String>,
+        args_truncated: bool,
+    ) -> Event {
+        let pid = subject.tgid;
+        let working_directory = self.view.working_directory(pid).or_else(|| {
+            self.table
+                .get(&pid)
+                .and_then(|p| p.working_directory.clone())
+        });
+        let executable = if filename.starts_with('/') {
+            filename
+        } else {
+            // A relative exec path: the kernel's own answer if the process still runs, else
+            // the path against its working directory.
+            self.view
+                .executable(pid)
+                .unwrap_or_else(|| match &working_directory {
+                    Some(cwd) => format!("{}/{}", cwd.trim_end_matches('/'), filename),
+                    None => filename,
+                })
+        };
+        let info = ProcessInfo {
+            tgid: pid,
+            ppid: subject.ppid,
+            start_boot_ns: subject.start_boot_ns,
+            entity_id: self.ctx.entity_id(pid, subject.start_boot_ns),
+            name: subject.comm.clone(),
+            executable,
+            args,
+            working_directory,
+        };
+        self.table.insert(pid, info.clone());
+        let mut event = self.event(EventAction::Exec, &subject, &info);
+        event.process.args_truncated = args_truncated;
+        event
+    }
+
+    fn fork(&mut self, child: Subject) -> Event {
+        let inherited = self.table.get(&child.ppid).cloned();
+        let info = ProcessInfo {
+            tgid: child.tgid,
+            ppid: child.ppid,
+            start_boot_ns: child.start_boot_ns,
+            entity_id: self.ctx.entity_id(child.tgid, child.start_boot_ns),
+            name: child.comm.clone(),
+            executable: inherited
+                .as_ref()
+                .map(|p| p.executable.clone())
+                .unwrap_or_default(),
+            args: inherited
+                .as_ref()
+                .map(|p| p.args.clone())
+                .unwrap_or_default(),
+            working_directory: inherited.and_then(|p| p.working_directory),
+        };
+        self.table.insert(child.tgid, info.clone());
+        self.event(EventAction::Fork, &child, &info)
+    }
+
+    fn exit(&mut self, subject: Subject, status: u32) -> Event {
+        let info = self
+            .table
+            .remove(&subject.tgid)
+            .unwrap_or_else(|| ProcessInfo {
+                tgid: subject.tgid,
+                ppid: subject.ppid,
+                start_boot_ns: subject.start_boot_ns,
+                entity_id: self.ctx.entity_id(subject.tgid, subject.start_boot_ns),
+                name: subject.comm.clone(),
+                executable: String::new(),
+                args: Vec::new(),
+                working_directory: None,
+            });
+        let mut event = self.event(EventAction::Exit, &subject, &info);
+        let signal = (status & 0x7f) as i32;
+        if signal == 0 {
+            event.process.exit_code = Some(((status >> 8) & 0xff) as i32);
+        } else {
+            event.process.exit_signal = Some(signal);
+            // The shell convention, so rules and people can read one number.
+            event.process.exit_code = Some(128 + signal);
+        }
+        event
+    }
+
+    fn event(&mut self, action: EventAction, subject: &Subject, info: &ProcessInfo) -> Event {
+        self.sequence += 1;
+        let parent = self
+            .table
+            .get(&subject.ppid)
+            .filter(|p| p.tgid != info.tgid)
+            .map(|p| Box::new(p.as_parent(&self.ctx)))
+            .or_else(|| {
+                (subject.ppid != 0).then(|| {
+                    Box::new(ParentProcess {
+                        pid: subject.ppid,
+                        ..ParentProcess::default()
+                    })
+                })
+            });
+        let container = self
+            .view
+            .cgroup_path(subject.tgid)
+            .and_then(|path| container_id(&path))
+            .map(|id| Container { id });
+        let user = |id: u32| UserRef {
+            id,
+            name: self.view.user_name(id),
+        };
+        let group = |id: u32| UserRef {
+            id,
+            name: self.view.group_name(id),
+        };
+        Event {
+            timestamp: self.ctx.wall(subject.boot_ns),
+            event: EventMeta {
+                kind: "event".into(),
+                action,
+                sequence: self.sequence,
+                boot_ns: subject.boot_ns,
+            },
+            host: self.ctx.host.clone(),
+            process: Process {
+                pid: info.tgid,
+                entity_id: info.entity_id.clone(),
+                name: subject.comm.clone(),
+                executable: info.executable.clone(),
+                command_line: command_line(&info.args),
+                args: info.args.clone(),
+                args_truncated: false,
+                working_directory: info.working_directory.clone(),
+                start: self.ctx.wall(info.start_boot_ns),
+                exit_code: None,
+                exit_signal: None,
+                user: user(subject.euid),
+                group: group(subject.egid),
+                real_group: group(subject.gid),
+                parent,
+            },
+            user: user(subject.uid),
+            audit_user: subject.loginuid.map(user),
+            container,
+        }
+    }
+}
+
+/// ECS `process.command_line`: the arguments as one string, as `ps` shows them.
+pub fn command_line(args: &[String]) -> String {
+    args.join(" ")
+}
+
+/// The container id in a cgroup path, as docker, podman, containerd and CRI-O name their
+/// cgroups: a 64-hex-digit segment, possibly wrapped as `docker-<id>.scope`.
+pub fn container_id(cgroup_path: &str) -> Option<String> {
+    cgroup_path.split('/').rev().find_map(|segment| {
+        let segment = segment.strip_suffix(".scope").unwrap_or(segment);
+        let id = segment.rsplit(['-', ':']).next().unwrap_or(segment);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct FakeHost {
+        cwd: HashMap<u32, String>,
+        cgroup: HashMap<u32, String>,
+    }
+
+    impl SystemView for FakeHost {
+        fn working_directory(&self, pid: u32) -> Option<String> {
+            self.cwd.get(&pid).cloned()
+        }
+        fn executable(&self, _pid: u32) -> Option<String> {
+            None
+        }
+        fn cgroup_path(&self, pid: u32) -> Option<String> {
+            self.cgroup.get(&pid).cloned()
+        }
+        fn user_name(&self, uid: u32) -> Option<String> {
+            (uid == 0).then(|| "root".to_owned())
+        }
+        fn group_name(&self, _gid: u32) -> Option<String> {
+            None
+        }
+    }
+
+    fn ctx() -> HostContext {
+        HostContext {
+            host: Host {
+                name: "h".into(),
+                id: "machine".into(),
+            },
+            boot_id: "boot".into(),
+            boot_unix_ns: 1_000_000_000_000,
+            clock_ticks_per_sec: 100,
+        }
+    }
+
+    fn subject(tgid: u32, ppid: u32, start: u64) -> Subject {
+        Subject {
+            boot_ns: 500,
+            pid: tgid,
+            tgid,
+            ppid,
+            uid: 1000,
+            gid: 1000,
+            euid: 0,
+            egid: 0,
+            loginuid: Some(1000),
+            cgroup_id: 1,
+            start_boot_ns: start,
+            comm: "sh".into(),
+        }
+    }
+
+    fn shell(tgid: u32) -> ProcessInfo {
+        ProcessInfo {
+            tgid,
+            ppid: 1,
+            start_boot_ns: 10_000_000,
+            entity_id: ctx().entity_id(tgid, 10_000_000),
+            name: "bash".into(),
+            executable: "/usr/bin/bash".into(),
+            args: vec!["bash".into(), "-l".into()],
+            working_directory: Some("/root".into()),
+        }
+    }
+
+    #[test]
+    fn exec_carries_parent_from_the_table_and_relative_paths_resolve() {
+        let mut host = FakeHost::default();
+        host.cwd.insert(20, "/srv".into());
+        host.cgroup.insert(
+            20,
+            format!("/system.slice/docker-{}.scope", "ab".repeat(32)),
+        );
+        let mut enricher = Enricher::new(ctx(), host);
+        enricher.seed(shell(10));
+        enricher.enrich(RawEvent::Fork {
+            child: subject(20, 10, 30_000_000),
+        });
+        let event = enricher.enrich(RawEvent::Exec {
+            subject: subject(20, 10, 30_000_000),
+            filename: "./tool".into(),
+            args: vec!["./tool".into(), "--flag".into()],
+            args_truncated: true,
+        });
+        assert_eq!(event.process.executable, "/srv/./tool");
+        assert_eq!(event.process.command_line, "./tool --flag");
+        assert!(event.process.args_truncated);
+        let parent = event.process.parent.as_deref().expect("parent");
+        assert_eq!(parent.executable, "/usr/bin/bash");
+        assert_eq!(parent.command_line, "bash -l");
+        assert_eq!(parent.entity_id, ctx().entity_id(10, 10_000_000));
+        assert_eq!(event.process.user.name.as_deref(), Some("root"));
+        assert_eq!(event.user.id, 1000);
+        assert_eq!(event.audit_user.as_ref().map(|u| u.id), Some(1000));
+        assert_eq!(event.container.as_ref().map(|c| c.id.len()), Some(64));
+        assert_eq!(event.timestamp, Timestamp(1_000_000_000_500));
+    }
+
+    #[test]
+    fn entity_id_survives_pid_reuse_and_matches_proc_resolution() {
+        let c = ctx();
+        // Same tick (10 ms at 100 Hz): same process as /proc reports it.
+        assert_eq!(c.entity_id(5, 10_000_001), c.entity_id(5, 19_999_999));
+        // Same pid later: another process.
+        assert_ne!(c.entity_id(5, 10_000_000), c.entity_id(5, 20_000_000));
+    }
+
+    #[test]
+    fn exit_reports_code_or_signal_and_forgets_the_process() {
+        let mut enricher = Enricher::new(ctx(), FakeHost::default());
+        enricher.seed(shell(10));
+        let event = enricher.enrich(RawEvent::Exit {
+            subject: subject(10, 1, 10_000_000),
+            status: 7 << 8,
+        });
+        assert_eq!(event.process.exit_code, Some(7));
+        assert_eq!(event.process.executable, "/usr/bin/bash");
+        assert!(enricher.process(10).is_none());
+        let killed = enricher.enrich(RawEvent::Exit {
+            subject: subject(11, 1, 1),
+            status: 9,
+        });
+        assert_eq!(
+            (killed.process.exit_signal, killed.process.exit_code),
+            (Some(9), Some(137))
+        );
+    }
+
+    #[test]
+    fn container_ids_from_common_runtimes() {
+        let id = "0123456789abcdef".repeat(4);
+        for path in [
+            format!("/docker/{id}"),
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/kubepods/besteffort/pod1/cri-containerd-{id}.scope"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(id.as_str()), "{path}");
+        }
+        assert_eq!(
+            container_id("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
+    }
+}

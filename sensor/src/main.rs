@@ -1,0 +1,115 @@
+//! `vigil-sensor`: the host agent. Parses flags and config, sets up logging, runs the pipeline.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vigil_sensor::config::{CollectorConfig, ExecHook, Output, SensorConfig};
+
+/// Vigil host sensor: captures process activity with eBPF, matches Sigma rules, ships events
+/// and alerts to a collector. Runs as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// YAML config file (keys: rules, output, collector{address, server_name, ca, cert, key}).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Rule file or directory; repeatable. Replaces `rules` from the config file.
+    #[arg(long = "rules")]
+    rules: Vec<PathBuf>,
+    /// Local output of events and alerts: none, or stdout as ECS JSON lines.
+    #[arg(long, value_enum)]
+    output: Option<Output>,
+    /// Collector address (host:port). Requires --ca, --cert and --key.
+    #[arg(long)]
+    collector: Option<std::net::SocketAddr>,
+    /// Name the collector's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Deployment CA certificate (PEM).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This sensor's certificate (PEM), issued by `vigil certs issue --sensor NAME`.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This sensor's private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Exec hook: auto (BTF tracepoint, else the plain tracepoint), btf, or tracepoint.
+    #[arg(long, value_enum)]
+    exec_hook: Option<ExecHook>,
+    /// Check the configuration and rules, then exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn build_config(args: Args) -> anyhow::Result<(SensorConfig, bool)> {
+    let mut config = match &args.config {
+        Some(path) => SensorConfig::load(path)?,
+        None => SensorConfig::default(),
+    };
+    if !args.rules.is_empty() {
+        config.rules = args.rules;
+    }
+    if let Some(output) = args.output {
+        config.output = output;
+    }
+    if let Some(hook) = args.exec_hook {
+        config.exec_hook = hook;
+    }
+    if let Some(address) = args.collector {
+        let (Some(ca), Some(cert), Some(key)) = (args.ca, args.cert, args.key) else {
+            anyhow::bail!("--collector needs --ca, --cert and --key");
+        };
+        config.collector = Some(CollectorConfig {
+            address,
+            server_name: args.server_name,
+            ca,
+            cert,
+            key,
+        });
+    }
+    Ok((config, args.check_config))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = async {
+        let (config, check_only) = build_config(Args::parse())?;
+        if check_only {
+            let rules = vigil_sensor::load_rules(&config)?;
+            println!("configuration ok: {} rules", rules.len());
+            return Ok(());
+        }
+        vigil_sensor::run(config, shutdown_signal()).await
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil-sensor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can only run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
