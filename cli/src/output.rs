@@ -184,6 +184,7 @@ mod tests {
                     user: UserRef::default(),
                     audit_user: None,
                     container: None,
+                    ..Default::default()
                 },
             },
         }

@@ -149,6 +149,7 @@ fn alert(marker: &str) -> Alert {
             },
             audit_user: None,
             container: None,
+            ..Default::default()
         },
     }
 }

@@ -92,6 +92,7 @@ pub fn sample_exec_event(fields: &[(&str, &str)]) -> Result<Event, SampleError> 
         user: UserRef::default(),
         audit_user: None,
         container: None,
+        ..Default::default()
     };
     for (name, value) in fields {
         let field =

@@ -154,6 +154,7 @@ mod tests {
                 },
                 audit_user: None,
                 container: None,
+                ..Default::default()
             },
         }
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::Timestamp;
 
 /// One enriched observation from a sensor.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     #[serde(rename = "@timestamp")]
     pub timestamp: Timestamp,
@@ -21,9 +21,114 @@ pub struct Event {
     pub audit_user: Option<UserRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// The file acted on (open, unlink, rename, chmod...; memfd name; module file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<File>,
+    /// The remote end of a connect, or the peer of an accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Endpoint>,
+    /// The local end of a bind, listen or accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
+    /// The process acted upon by ptrace, kill, process_vm_writev.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// The syscall failed: its errno.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// Kind-specific facts without an ECS home (new uid of a setuid, mount fs type, namespace
+    /// flags, protection bits...), as text so that rules can match them like any field.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub details: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct File {
+    pub path: String,
+    /// Rename and link destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_path: Option<String>,
+    /// Permission bits, octal text as ECS has it (`"0644"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Open flags, by name: read, write, create, truncate, append...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// SHA-256 of an executed file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Hash>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hash {
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: String,
+    pub port: u16,
+    /// The name the process resolved to this address, when the sensor saw the lookup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    /// `tcp`, `udp`, or the socket type number as text.
+    pub transport: String,
+    /// `ipv4` or `ipv6`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `egress` (connect), `ingress` (accept), `listen` (bind/listen).
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dns {
+    pub question: DnsQuestion,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved_ip: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsQuestion {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+    /// kill: the signal; ptrace: the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptrace_request: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// errno as a number.
+    pub code: i32,
+    /// errno by name (`EPERM`).
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventMeta {
     /// `event` for telemetry, `alert` for a rule match.
     pub kind: String,
@@ -34,13 +139,49 @@ pub struct EventMeta {
     pub boot_ns: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What happened. Serialized names are stable: rules and stored data refer to them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventAction {
+    #[default]
     Exec,
     Fork,
     Exit,
+    Open,
+    Unlink,
+    Rename,
+    Chmod,
+    Chown,
+    Truncate,
+    Link,
+    Symlink,
+    Mkdir,
+    Rmdir,
+    Utimes,
+    Connect,
+    Bind,
+    Listen,
+    Accept,
+    DnsQuery,
+    SetUid,
+    SetGid,
+    Capset,
+    Ptrace,
+    ProcessVmWrite,
+    Kill,
+    ModuleLoad,
+    ModuleUnload,
+    BpfLoad,
+    Mount,
+    Umount,
+    Unshare,
+    Setns,
+    MemfdCreate,
+    ExecMemory,
+    IoUring,
+    /// The kernel dropped records: `details` says how many, of which kind.
+    Lost,
 }
 
 impl EventAction {
@@ -49,6 +190,39 @@ impl EventAction {
             EventAction::Exec => "exec",
             EventAction::Fork => "fork",
             EventAction::Exit => "exit",
+            EventAction::Open => "open",
+            EventAction::Unlink => "unlink",
+            EventAction::Rename => "rename",
+            EventAction::Chmod => "chmod",
+            EventAction::Chown => "chown",
+            EventAction::Truncate => "truncate",
+            EventAction::Link => "link",
+            EventAction::Symlink => "symlink",
+            EventAction::Mkdir => "mkdir",
+            EventAction::Rmdir => "rmdir",
+            EventAction::Utimes => "utimes",
+            EventAction::Connect => "connect",
+            EventAction::Bind => "bind",
+            EventAction::Listen => "listen",
+            EventAction::Accept => "accept",
+            EventAction::DnsQuery => "dns_query",
+            EventAction::SetUid => "set_uid",
+            EventAction::SetGid => "set_gid",
+            EventAction::Capset => "capset",
+            EventAction::Ptrace => "ptrace",
+            EventAction::ProcessVmWrite => "process_vm_write",
+            EventAction::Kill => "kill",
+            EventAction::ModuleLoad => "module_load",
+            EventAction::ModuleUnload => "module_unload",
+            EventAction::BpfLoad => "bpf_load",
+            EventAction::Mount => "mount",
+            EventAction::Umount => "umount",
+            EventAction::Unshare => "unshare",
+            EventAction::Setns => "setns",
+            EventAction::MemfdCreate => "memfd_create",
+            EventAction::ExecMemory => "exec_memory",
+            EventAction::IoUring => "io_uring",
+            EventAction::Lost => "lost",
         }
     }
 }

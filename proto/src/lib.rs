@@ -14,8 +14,8 @@ pub mod transport;
 
 pub use codec::{decode, encode, read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
 pub use event::{
-    Alert, Container, Event, EventAction, EventMeta, Host, Level, ParentProcess, Process, RuleInfo,
-    UserRef,
+    Alert, Container, Dns, DnsQuestion, Endpoint, ErrorInfo, Event, EventAction, EventMeta, File,
+    Hash, Host, Level, Network, ParentProcess, Process, RuleInfo, Target, UserRef,
 };
 pub use frame::{AlertQuery, Batch, Envelope, Reply, Request, StoredAlert, Subscribe};
 pub use time::Timestamp;

@@ -281,6 +281,7 @@ impl<V: SystemView> Enricher<V> {
             user: user(subject.uid),
             audit_user: subject.loginuid.map(user),
             container,
+            ..Default::default()
         }
     }
 }

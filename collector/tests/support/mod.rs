@@ -217,6 +217,7 @@ pub fn event(marker: &str, sequence: u64) -> Event {
         },
         audit_user: None,
         container: None,
+        ..Default::default()
     }
 }
 
