@@ -6,13 +6,50 @@
 
 use core::mem::size_of;
 
-/// Stable record kind ids. Retired ids are never reused.
+/// Stable record kind ids, grouped in ranges; retired ids are never reused.
+/// 1..9: process lifecycle (their own record layouts). 10..63: syscall events, all in
+/// [`SyscallRecord`] layout, one id per event class.
 pub mod kind {
     pub const EXEC: u32 = 1;
     pub const FORK: u32 = 2;
     pub const EXIT: u32 = 3;
+
+    pub const OPEN: u32 = 10;
+    pub const UNLINK: u32 = 11;
+    pub const RENAME: u32 = 12;
+    pub const CHMOD: u32 = 13;
+    pub const CHOWN: u32 = 14;
+    pub const TRUNCATE: u32 = 15;
+    pub const LINK: u32 = 16;
+    pub const SYMLINK: u32 = 17;
+    pub const MKDIR: u32 = 18;
+    pub const RMDIR: u32 = 19;
+    pub const UTIMES: u32 = 20;
+    pub const CONNECT: u32 = 21;
+    pub const BIND: u32 = 22;
+    pub const LISTEN: u32 = 23;
+    pub const ACCEPT: u32 = 24;
+    pub const SETUID: u32 = 25;
+    pub const SETGID: u32 = 26;
+    pub const CAPSET: u32 = 27;
+    pub const PTRACE: u32 = 28;
+    pub const PROCESS_VM_WRITE: u32 = 29;
+    pub const KILL: u32 = 30;
+    pub const MODULE_LOAD: u32 = 31;
+    pub const MODULE_UNLOAD: u32 = 32;
+    pub const BPF_LOAD: u32 = 33;
+    pub const MOUNT: u32 = 34;
+    pub const UMOUNT: u32 = 35;
+    pub const UNSHARE: u32 = 36;
+    pub const SETNS: u32 = 37;
+    pub const MEMFD_CREATE: u32 = 38;
+    pub const EXEC_FD: u32 = 39;
+    pub const EXEC_MEMORY: u32 = 40;
+
+    /// First id in [`super::SyscallRecord`] layout.
+    pub const FIRST_SYSCALL: u32 = 10;
     /// One past the largest id: the length of per-kind counter arrays.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 64;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -128,10 +165,84 @@ impl KernelOffsets {
 pub struct SensorConfig {
     /// The sensor's own tgid: every program skips it first, so the sensor never records itself.
     pub sensor_tgid: u32,
-    pub _pad: u32,
+    /// Nonzero when the watched-prefix map is in force; zero means every path is of interest.
+    pub prefix_filter: u32,
     pub offsets: KernelOffsets,
 }
 const _: () = assert!(size_of::<SensorConfig>() == 72);
+
+/// Bytes kept of each path argument of a syscall; longer paths are truncated and flagged.
+pub const SYSCALL_STR_CAP: usize = 256;
+/// Bytes kept of a socket address (sockaddr_in6 is 28).
+pub const SOCKADDR_CAP: usize = 32;
+/// Bytes of a path compared against the watched prefixes in the kernel.
+pub const PREFIX_KEY_LEN: usize = 64;
+
+/// Flags of [`SyscallRecord::flags`].
+pub mod syscall_flags {
+    pub const STR0_TRUNCATED: u32 = 1;
+    pub const STR1_TRUNCATED: u32 = 2;
+    pub const STR_UNREADABLE: u32 = 4;
+}
+
+/// A syscall and its result. Followed in the ring buffer by `str_len[0]` bytes of the first
+/// string argument, then `str_len[1]` bytes of the second (both NUL-terminated when present).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallRecord {
+    pub header: RecordHeader,
+    /// Syscall number of this architecture.
+    pub nr: u32,
+    /// [`syscall_flags`].
+    pub flags: u32,
+    /// Return value: >= 0 success, -errno failure.
+    pub ret: i64,
+    /// Raw arguments, as the syscall received them.
+    pub args: [u64; 6],
+    pub str_len: [u16; 2],
+    pub addr_len: u16,
+    pub _pad: u16,
+    /// A short third string (a file system type), NUL-padded.
+    pub small: [u8; 16],
+    /// A socket address, as the syscall passed or returned it.
+    pub addr: [u8; SOCKADDR_CAP],
+}
+const _: () = assert!(size_of::<SyscallRecord>() == 200);
+
+/// Per syscall number, what the generic enter/exit programs capture. Filled by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallSpec {
+    /// The record kind ([`kind`]) this syscall produces.
+    pub kind: u32,
+    /// [`spec_flags`].
+    pub flags: u32,
+    /// Index + 1 of user-string arguments to copy (0: none).
+    pub str_args: [u8; 2],
+    /// Index + 1 of a short string argument copied into [`SyscallRecord::small`].
+    pub small_str_arg: u8,
+    /// Index + 1 of a sockaddr pointer argument.
+    pub addr_arg: u8,
+    /// Index + 1 of the sockaddr length: a value at enter, a `socklen_t *` at exit.
+    pub addr_len_arg: u8,
+    /// Index + 1 of the argument tested by [`SyscallSpec::filter_value`].
+    pub filter_arg: u8,
+    pub _pad: [u8; 2],
+    /// With `FILTER_MASK`: emit only when `arg & value != 0`. With `FILTER_EQ`: when `arg == value`.
+    pub filter_value: u64,
+}
+const _: () = assert!(size_of::<SyscallSpec>() == 24);
+
+pub mod spec_flags {
+    /// Goes to the critical ring buffer (can raise alerts; never crowded out by bulk records).
+    pub const CRITICAL: u32 = 1;
+    /// The first string is a path subject to the watched-prefix filter.
+    pub const PREFIX_FILTER: u32 = 2;
+    /// The sockaddr is filled by the kernel: read it at exit.
+    pub const ADDR_AT_EXIT: u32 = 4;
+    pub const FILTER_MASK: u32 = 8;
+    pub const FILTER_EQ: u32 = 16;
+}
 
 #[cfg(feature = "user")]
 mod user {
@@ -139,4 +250,6 @@ mod user {
     unsafe impl aya::Pod for super::SensorConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SyscallSpec {}
 }

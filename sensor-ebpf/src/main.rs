@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod syscall;
 mod task;
 
 use aya_ebpf::{
@@ -30,7 +31,7 @@ use crate::task::Task;
 #[no_mangle]
 static CONFIG: Global<SensorConfig> = Global::new(SensorConfig {
     sensor_tgid: 0,
-    _pad: 0,
+    prefix_filter: 0,
     offsets: vigil_common::KernelOffsets {
         task_real_parent: u32::MAX,
         task_tgid: u32::MAX,
@@ -51,12 +52,33 @@ static CONFIG: Global<SensorConfig> = Global::new(SensorConfig {
     },
 });
 
+/// The critical lane: process lifecycle and every record that can raise an alert on its own.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// The bulk lane: file opens and other high-volume records, so that a flood of them can never
+/// cost an exec record its place.
+#[map]
+static BULK: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// Records that did not fit in the ring buffer, per CPU, indexed by record kind.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
+
+/// Records delivered to a ring buffer, per CPU, indexed by record kind: with LOST, what the
+/// programs produced, so that produced = delivered + lost can be checked end to end.
+#[map]
+static SENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
+
+/// Outputs a record to a lane, counting it as sent or lost.
+#[inline(always)]
+pub(crate) fn emit<T: ?Sized>(lane: &RingBuf, record: &T, record_kind: u32) {
+    if lane.output::<T>(record, 0).is_ok() {
+        bump(&SENT, record_kind);
+    } else {
+        bump(&LOST, record_kind);
+    }
+}
 
 /// Kernel reads that failed (the record was still sent, with the field zeroed), per kind.
 #[map]
@@ -73,7 +95,7 @@ pub struct ExecScratch {
 static EXEC_SCRATCH: PerCpuArray<ExecScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn bump(counters: &PerCpuArray<u64>, record_kind: u32) {
+pub(crate) fn bump(counters: &PerCpuArray<u64>, record_kind: u32) {
     if let Some(slot) = counters.get_ptr_mut(record_kind) {
         // SAFETY: per-CPU slot, programs on one CPU do not preempt each other.
         unsafe { *slot += 1 };
@@ -82,7 +104,7 @@ fn bump(counters: &PerCpuArray<u64>, record_kind: u32) {
 
 /// Fills the common header for `task` (the subject of the record, not always current).
 #[inline(always)]
-fn fill_header(header: &mut RecordHeader, record_kind: u32, size: u32, task: Task) -> bool {
+pub(crate) fn fill_header(header: &mut RecordHeader, record_kind: u32, size: u32, task: Task) -> bool {
     let config = CONFIG.load();
     let offsets = &config.offsets;
     header.kind = record_kind;
@@ -122,12 +144,12 @@ fn fill_header(header: &mut RecordHeader, record_kind: u32, size: u32, task: Tas
 }
 
 #[inline(always)]
-fn is_sensor(tgid: u32) -> bool {
+pub(crate) fn is_sensor(tgid: u32) -> bool {
     tgid == CONFIG.load().sensor_tgid
 }
 
 #[inline(always)]
-fn current_tgid() -> u32 {
+pub(crate) fn current_tgid() -> u32 {
     (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32
 }
 
@@ -137,6 +159,7 @@ fn emit_exec(filename: *const u8) -> u32 {
     if is_sensor(current_tgid()) {
         return 0;
     }
+    syscall::complete_exec(aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32);
     let Some(scratch) = EXEC_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -206,9 +229,7 @@ fn emit_exec(filename: *const u8) -> u32 {
     }
     // SAFETY: `size` is within the scratch value (checked just above).
     let record = unsafe { core::slice::from_raw_parts(bytes, size) };
-    if EVENTS.output::<[u8]>(record, 0).is_err() {
-        bump(&LOST, kind::EXEC);
-    }
+    emit::<[u8]>(&EVENTS, record, kind::EXEC);
     0
 }
 
@@ -263,9 +284,7 @@ pub fn fork(ctx: RawTracePointContext) -> i32 {
     ) {
         bump(&FAULTS, kind::FORK);
     }
-    if EVENTS.output(record, 0).is_err() {
-        bump(&LOST, kind::FORK);
-    }
+    emit(&EVENTS, &record, kind::FORK);
     0
 }
 
@@ -294,9 +313,7 @@ pub fn exit(_ctx: TracePointContext) -> u32 {
     if !complete {
         bump(&FAULTS, kind::EXIT);
     }
-    if EVENTS.output(record, 0).is_err() {
-        bump(&LOST, kind::EXIT);
-    }
+    emit(&EVENTS, &record, kind::EXIT);
     0
 }
 

@@ -2,17 +2,18 @@
 //! out ring-buffer records as they arrive. Dropping [`Capture`] detaches every program and
 //! frees every map: the kernel keeps nothing of ours once the sensor is gone.
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
-use vigil_common::{kind, SensorConfig};
+use vigil_common::{kind, SensorConfig, SyscallSpec, PREFIX_KEY_LEN};
 
 use crate::config::ExecHook;
 use crate::offsets::{self, OffsetError};
+use crate::syscalls;
 
 /// The kernel programs, embedded at build time by `cargo xtask build` (see build.rs).
 static EBPF_OBJECT: &[u8] =
@@ -53,54 +54,104 @@ pub struct HookChoice {
 }
 
 /// Per-kind totals over all CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelCounters {
+    /// Records the programs put in a ring buffer.
+    pub sent: [u64; kind::COUNT as usize],
+    /// Records userspace took out of a ring buffer.
+    pub received: [u64; kind::COUNT as usize],
     /// Records the ring buffer had no room for.
     pub lost: [u64; kind::COUNT as usize],
     /// Records sent with a field the kernel could not read.
     pub faults: [u64; kind::COUNT as usize],
 }
 
+impl Default for KernelCounters {
+    fn default() -> Self {
+        Self {
+            sent: [0; kind::COUNT as usize],
+            received: [0; kind::COUNT as usize],
+            lost: [0; kind::COUNT as usize],
+            faults: [0; kind::COUNT as usize],
+        }
+    }
+}
+
+/// What to capture beyond process lifecycle.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureOptions {
+    pub exec_hook: ExecHook,
+    /// Watched prefixes for file events; `None` means every path.
+    pub file_prefixes: Option<Vec<String>>,
+    /// Capture syscalls (files, network, privilege, kernel); off leaves only exec/fork/exit.
+    pub syscalls: bool,
+    /// Ring buffer sizes in bytes (power of two, multiple of the page size); `None`: built-in.
+    pub critical_ring_bytes: Option<u32>,
+    pub bulk_ring_bytes: Option<u32>,
+}
+
 pub struct Capture {
-    // NB: field order is drop order: the ring buffer's fd goes before the object owning the
+    // NB: field order is drop order: the ring buffers' fds go before the object owning the
     // programs, so nothing is left half-attached.
-    ring: AsyncFd<RingBuf<MapData>>,
+    critical: AsyncFd<RingBuf<MapData>>,
+    bulk: AsyncFd<RingBuf<MapData>>,
+    /// The last drain stopped at its budget with records left: do not wait for a wakeup.
+    backlog: bool,
+    sent: PerCpuArray<MapData, u64>,
     lost: PerCpuArray<MapData, u64>,
     faults: PerCpuArray<MapData, u64>,
+    received: [u64; kind::COUNT as usize],
     hooks: Vec<HookChoice>,
     _ebpf: Ebpf,
 }
 
 impl Capture {
     /// Loads and attaches everything. `sensor_tgid` is skipped by every program.
-    pub fn start(sensor_tgid: u32, exec_hook: ExecHook) -> Result<Self, CaptureError> {
+    pub fn start(sensor_tgid: u32, options: &CaptureOptions) -> Result<Self, CaptureError> {
         if EBPF_OBJECT.is_empty() {
             return Err(CaptureError::NoObject);
         }
         ensure_tracefs()?;
         let config = SensorConfig {
             sensor_tgid,
-            _pad: 0,
+            prefix_filter: u32::from(options.file_prefixes.is_some()),
             offsets: offsets::kernel_offsets(Path::new(offsets::KERNEL_BTF))?,
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &config, true)
+        let mut loader = EbpfLoader::new();
+        loader.override_global("CONFIG", &config, true);
+        if let Some(bytes) = options.critical_ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        if let Some(bytes) = options.bulk_ring_bytes {
+            loader.map_max_entries("BULK", bytes);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
-        let hooks = vec![
-            attach_exec(&mut ebpf, exec_hook)?,
+        let mut hooks = vec![
+            attach_exec(&mut ebpf, options.exec_hook)?,
             attach_raw(&mut ebpf, "fork", "sched_process_fork", "fork")?,
             attach_tracepoint(&mut ebpf, "exit", "sched", "sched_process_exit", "exit")?,
         ];
-        let ring = take_map(&mut ebpf, "EVENTS")?;
-        // SAFETY: the RingBuf owns its map fd and keeps it open until AsyncFd drops it.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Poll(e.into()))?;
+        if options.syscalls {
+            if let Some(prefixes) = &options.file_prefixes {
+                load_prefixes(&mut ebpf, prefixes)?;
+            }
+            hooks.extend(attach_syscalls(&mut ebpf)?);
+        }
+        let critical = register(take_map(&mut ebpf, "EVENTS")?)?;
+        let bulk = register(take_map(&mut ebpf, "BULK")?)?;
+        let sent = take_map(&mut ebpf, "SENT")?;
         let lost = take_map(&mut ebpf, "LOST")?;
         let faults = take_map(&mut ebpf, "FAULTS")?;
         Ok(Self {
-            ring,
+            critical,
+            bulk,
+            backlog: false,
+            sent,
             lost,
             faults,
+            received: [0; kind::COUNT as usize],
             hooks,
             _ebpf: ebpf,
         })
@@ -110,25 +161,44 @@ impl Capture {
         &self.hooks
     }
 
-    /// Waits until records are ready, then passes each to `sink` (at most `budget` of them, so
-    /// one busy burst cannot starve the rest of the sensor). Returns how many it passed.
+    /// Waits until records are ready, then passes them to `sink`, the critical lane first, at
+    /// most `budget` in all (so one burst cannot starve the rest of the sensor). Returns how
+    /// many it passed.
     pub async fn drain(
         &mut self,
         budget: usize,
         mut sink: impl FnMut(&[u8]),
     ) -> std::io::Result<usize> {
-        let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+        if !self.backlog {
+            // Readiness is cleared before reading: a record that lands while we drain raises
+            // a fresh wakeup instead of being missed.
+            tokio::select! {
+                biased;
+                guard = self.critical.readable_mut() => guard?.clear_ready(),
+                guard = self.bulk.readable_mut() => guard?.clear_ready(),
+            }
+        }
         let mut passed = 0;
-        while passed < budget {
-            let Some(record) = ring.next() else { break };
-            sink(&record);
-            passed += 1;
+        for ring in [&mut self.critical, &mut self.bulk] {
+            let ring = ring.get_mut();
+            while passed < budget {
+                let Some(record) = ring.next() else { break };
+                if let Some(kind_bytes) = record.get(..4) {
+                    let record_kind = u32::from_ne_bytes([
+                        kind_bytes[0],
+                        kind_bytes[1],
+                        kind_bytes[2],
+                        kind_bytes[3],
+                    ]);
+                    if let Some(slot) = self.received.get_mut(record_kind as usize) {
+                        *slot += 1;
+                    }
+                }
+                sink(&record);
+                passed += 1;
+            }
         }
-        if passed < budget {
-            // Empty: wait for the next wakeup. With records left, stay ready and come back.
-            guard.clear_ready();
-        }
+        self.backlog = passed >= budget;
         Ok(passed)
     }
 
@@ -140,16 +210,106 @@ impl Capture {
                     .map(|v| v.iter().sum())
                     .unwrap_or(0)
             };
+            counters.sent[record_kind as usize] = sum(&self.sent);
             counters.lost[record_kind as usize] = sum(&self.lost);
             counters.faults[record_kind as usize] = sum(&self.faults);
         }
+        counters.received = self.received;
         counters
     }
+}
 
-    /// The ring buffer's fd, for tests that check it is really polled.
-    pub fn ring_fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
+fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, CaptureError> {
+    // SAFETY: the RingBuf owns its map fd and keeps it open until AsyncFd drops it.
+    unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Poll(e.into()))
+}
+
+fn load_prefixes(ebpf: &mut Ebpf, prefixes: &[String]) -> Result<(), CaptureError> {
+    let map = ebpf
+        .map_mut("PREFIXES")
+        .ok_or(CaptureError::MissingProgram {
+            program: "PREFIXES",
+        })?;
+    let mut trie: LpmTrie<_, [u8; PREFIX_KEY_LEN], u8> =
+        LpmTrie::try_from(map).map_err(|source| CaptureError::Map {
+            map: "PREFIXES",
+            source: Box::new(source),
+        })?;
+    for prefix in prefixes {
+        // Longer prefixes are cut to the key length: the kernel then over-approximates and
+        // userspace checks the whole path.
+        let bytes = &prefix.as_bytes()[..prefix.len().min(PREFIX_KEY_LEN)];
+        let mut data = [0u8; PREFIX_KEY_LEN];
+        data[..bytes.len()].copy_from_slice(bytes);
+        let key = Key::new((bytes.len() * 8) as u32, data);
+        trie.insert(&key, 1, 0)
+            .map_err(|source| CaptureError::Map {
+                map: "PREFIXES",
+                source: Box::new(source),
+            })?;
     }
+    Ok(())
+}
+
+/// Attaches the generic enter/exit programs to every syscall of [`syscalls::table`] this
+/// kernel has, and fills the spec map. A syscall without tracepoints is reported, not fatal.
+fn attach_syscalls(ebpf: &mut Ebpf) -> Result<Vec<HookChoice>, CaptureError> {
+    let table = syscalls::table();
+    {
+        let map = ebpf
+            .map_mut("SPECS")
+            .ok_or(CaptureError::MissingProgram { program: "SPECS" })?;
+        let mut specs: AyaHashMap<_, u32, SyscallSpec> =
+            AyaHashMap::try_from(map).map_err(|source| CaptureError::Map {
+                map: "SPECS",
+                source: Box::new(source),
+            })?;
+        for captured in &table {
+            specs
+                .insert(captured.nr as u32, captured.spec, 0)
+                .map_err(|source| CaptureError::Map {
+                    map: "SPECS",
+                    source: Box::new(source),
+                })?;
+        }
+    }
+    let mut attached = Vec::new();
+    let mut missing = Vec::new();
+    for (program, phase) in [("sys_enter", "enter"), ("sys_exit", "exit")] {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or(CaptureError::MissingProgram { program })?
+            .try_into()
+            .map_err(|e| CaptureError::Attach {
+                event: "syscalls",
+                reasons: format!("{program}: {e}"),
+            })?;
+        prog.load().map_err(|e| CaptureError::Attach {
+            event: "syscalls",
+            reasons: format!("{program}: load: {e}"),
+        })?;
+        for captured in &table {
+            let name = format!("sys_{phase}_{}", captured.name);
+            match prog.attach("syscalls", &name) {
+                Ok(_) => {
+                    if phase == "enter" {
+                        attached.push(captured.name);
+                    }
+                }
+                Err(e) => missing.push(format!("{name}: {e}")),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        tracing::info!(missing = %missing.join("; "), "syscall tracepoints this kernel lacks");
+    }
+    Ok(vec![HookChoice {
+        event: "syscalls",
+        hook: format!(
+            "tracepoint/syscalls/sys_{{enter,exit}}_* ({} syscalls)",
+            attached.len()
+        ),
+    }])
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, CaptureError>

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SensorConfig {
     /// Rule files or directories (searched for *.yml / *.yaml).
@@ -22,6 +22,42 @@ pub struct SensorConfig {
     /// `btf` or `tracepoint` (no fallback: fail if it cannot attach).
     #[serde(default)]
     pub exec_hook: ExecHook,
+    /// Capture file, network, privilege and kernel syscalls (default true); false leaves
+    /// process lifecycle only.
+    #[serde(default = "default_true")]
+    pub syscalls: bool,
+    /// Path prefixes whose file events are captured; `["/"]` captures every path. Default: the
+    /// places persistence, credentials, binaries and staging live (see `syscalls.rs`).
+    #[serde(default)]
+    pub file_prefixes: Option<Vec<String>>,
+    /// Size in bytes of the critical ring buffer (exec, exit, privilege, network, kernel
+    /// events): a power of two and a multiple of the page size. Default 8 MiB.
+    #[serde(default)]
+    pub critical_ring_bytes: Option<u32>,
+    /// Size in bytes of the bulk ring buffer (file events). Default 8 MiB.
+    #[serde(default)]
+    pub bulk_ring_bytes: Option<u32>,
+    /// Extra regular expressions whose matches in command lines are replaced by `<redacted>`
+    /// before events leave the host (a second capture group, when present, is what is hidden).
+    #[serde(default)]
+    pub redact: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl SensorConfig {
+    /// The prefix filter to apply: `None` when every path is wanted.
+    pub fn file_prefixes(&self) -> Option<Vec<String>> {
+        let prefixes = self.file_prefixes.clone().unwrap_or_else(|| {
+            crate::syscalls::DEFAULT_FILE_PREFIXES
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect()
+        });
+        (!prefixes.iter().any(|p| p == "/")).then_some(prefixes)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -72,6 +108,22 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            output: Output::None,
+            collector: None,
+            exec_hook: ExecHook::Auto,
+            syscalls: true,
+            file_prefixes: None,
+            critical_ring_bytes: None,
+            bulk_ring_bytes: None,
+            redact: Vec::new(),
+        }
+    }
 }
 
 impl SensorConfig {

@@ -4,7 +4,9 @@
 
 use std::mem::size_of;
 
-use vigil_common::{exec_flags, kind, ExecRecord, ExitRecord, RecordHeader, COMM_LEN};
+use vigil_common::{
+    exec_flags, kind, syscall_flags, ExecRecord, ExitRecord, RecordHeader, SyscallRecord, COMM_LEN,
+};
 
 /// The header fields userspace uses, copied out of the kernel layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +43,23 @@ pub enum RawEvent {
         /// Raw wait status: code in bits 8..16, signal in bits 0..7.
         status: u32,
     },
+    Syscall(Box<SyscallEvent>),
+}
+
+/// A syscall and its result, as the generic enter/exit programs captured it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyscallEvent {
+    pub subject: Subject,
+    /// One of `vigil_common::kind` (>= FIRST_SYSCALL).
+    pub kind: u32,
+    pub nr: u32,
+    /// >= 0 success, -errno failure.
+    pub ret: i64,
+    pub args: [u64; 6],
+    pub strings: [Option<String>; 2],
+    pub truncated: bool,
+    pub small: Option<String>,
+    pub addr: Vec<u8>,
 }
 
 impl RawEvent {
@@ -48,7 +67,49 @@ impl RawEvent {
         match self {
             RawEvent::Exec { subject, .. } | RawEvent::Exit { subject, .. } => subject,
             RawEvent::Fork { child } => child,
+            RawEvent::Syscall(event) => &event.subject,
         }
+    }
+}
+
+/// A record kind's name, for logs and loss reports.
+pub fn kind_name(record_kind: u32) -> &'static str {
+    match record_kind {
+        kind::EXEC => "exec",
+        kind::FORK => "fork",
+        kind::EXIT => "exit",
+        kind::OPEN => "open",
+        kind::UNLINK => "unlink",
+        kind::RENAME => "rename",
+        kind::CHMOD => "chmod",
+        kind::CHOWN => "chown",
+        kind::TRUNCATE => "truncate",
+        kind::LINK => "link",
+        kind::SYMLINK => "symlink",
+        kind::MKDIR => "mkdir",
+        kind::RMDIR => "rmdir",
+        kind::UTIMES => "utimes",
+        kind::CONNECT => "connect",
+        kind::BIND => "bind",
+        kind::LISTEN => "listen",
+        kind::ACCEPT => "accept",
+        kind::SETUID => "setuid",
+        kind::SETGID => "setgid",
+        kind::CAPSET => "capset",
+        kind::PTRACE => "ptrace",
+        kind::PROCESS_VM_WRITE => "process_vm_write",
+        kind::KILL => "kill",
+        kind::MODULE_LOAD => "module_load",
+        kind::MODULE_UNLOAD => "module_unload",
+        kind::BPF_LOAD => "bpf_load",
+        kind::MOUNT => "mount",
+        kind::UMOUNT => "umount",
+        kind::UNSHARE => "unshare",
+        kind::SETNS => "setns",
+        kind::MEMFD_CREATE => "memfd_create",
+        kind::EXEC_FD => "exec_fd",
+        kind::EXEC_MEMORY => "exec_memory",
+        _ => "unknown",
     }
 }
 
@@ -100,6 +161,33 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 subject,
                 status: record.exit_status,
             })
+        }
+        k if (kind::FIRST_SYSCALL..kind::COUNT).contains(&k) => {
+            let record: SyscallRecord = read_pod(bytes)?;
+            let len0 = usize::from(record.str_len[0]);
+            let len1 = usize::from(record.str_len[1]);
+            let start = size_of::<SyscallRecord>();
+            let need = start + len0 + len1;
+            let tail = bytes.get(start..need).ok_or(DecodeError::Short {
+                len: bytes.len(),
+                need,
+            })?;
+            let (first, second) = tail.split_at(len0);
+            let text = |b: &[u8]| (!b.is_empty()).then(|| c_string(b));
+            let addr_len = usize::from(record.addr_len).min(record.addr.len());
+            Ok(RawEvent::Syscall(Box::new(SyscallEvent {
+                subject,
+                kind: k,
+                nr: record.nr,
+                ret: record.ret,
+                args: record.args,
+                strings: [text(first), text(second)],
+                truncated: record.flags
+                    & (syscall_flags::STR0_TRUNCATED | syscall_flags::STR1_TRUNCATED)
+                    != 0,
+                small: text(&record.small).filter(|s| !s.is_empty()),
+                addr: record.addr[..addr_len].to_vec(),
+            })))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }

@@ -13,7 +13,41 @@ use vigil_proto::{
     Container, Event, EventAction, EventMeta, Host, ParentProcess, Process, Timestamp, UserRef,
 };
 
-use crate::decode::{RawEvent, Subject};
+use crate::decode::{RawEvent, Subject, SyscallEvent};
+use crate::describe::{describe, Described, PathResolver, AT_FDCWD};
+
+fn is_file_kind(record_kind: u32) -> bool {
+    (vigil_common::kind::OPEN..=vigil_common::kind::UTIMES).contains(&record_kind)
+}
+
+/// Resolves a syscall's path arguments the way the kernel did, as well as /proc still can.
+struct ProcessPaths<'a, V> {
+    view: &'a V,
+    pid: u32,
+    known_cwd: Option<String>,
+}
+
+impl<V: SystemView> PathResolver for ProcessPaths<'_, V> {
+    fn resolve(&self, dirfd: i32, path: Option<&str>) -> Option<String> {
+        match path {
+            Some(p) if p.starts_with('/') => Some(p.to_owned()),
+            Some(p) => {
+                let base = if dirfd == AT_FDCWD {
+                    self.view
+                        .working_directory(self.pid)
+                        .or_else(|| self.known_cwd.clone())
+                } else {
+                    self.view.fd_path(self.pid, dirfd)
+                };
+                Some(match base {
+                    Some(base) => format!("{}/{}", base.trim_end_matches('/'), p),
+                    None => p.to_owned(),
+                })
+            }
+            None => self.view.fd_path(self.pid, dirfd),
+        }
+    }
+}
 
 /// What enrichment asks of the host. `pid` is a tgid that may already be gone: every answer is
 /// optional.
@@ -23,6 +57,8 @@ pub trait SystemView {
     fn cgroup_path(&self, pid: u32) -> Option<String>;
     fn user_name(&self, uid: u32) -> Option<String>;
     fn group_name(&self, gid: u32) -> Option<String>;
+    /// What a process's file descriptor refers to.
+    fn fd_path(&self, pid: u32, fd: i32) -> Option<String>;
 }
 
 /// Converts kernel boot-time stamps to wall-clock time, and names the host.
@@ -88,6 +124,9 @@ pub struct Enricher<V> {
     view: V,
     table: HashMap<u32, ProcessInfo>,
     sequence: u64,
+    /// Watched prefixes for file events: the kernel filters absolute paths, this filters the
+    /// relative ones once resolved. `None`: every path.
+    file_prefixes: Option<Vec<String>>,
 }
 
 impl<V: SystemView> Enricher<V> {
@@ -97,7 +136,13 @@ impl<V: SystemView> Enricher<V> {
             view,
             table: HashMap::new(),
             sequence: 0,
+            file_prefixes: None,
         }
+    }
+
+    pub fn with_file_prefixes(mut self, prefixes: Option<Vec<String>>) -> Self {
+        self.file_prefixes = prefixes;
+        self
     }
 
     /// Adds a process known before the kernel programs started (from /proc).
@@ -121,9 +166,11 @@ impl<V: SystemView> Enricher<V> {
         self.table.is_empty()
     }
 
-    /// Updates the table and produces the event the record describes.
-    pub fn enrich(&mut self, raw: RawEvent) -> Event {
-        match raw {
+    /// Updates the table and produces the event the record describes; `None` when the record
+    /// turns out to be of no interest (a relative path outside the watched prefixes, a
+    /// non-IP socket).
+    pub fn enrich(&mut self, raw: RawEvent) -> Option<Event> {
+        Some(match raw {
             RawEvent::Exec {
                 subject,
                 filename,
@@ -132,6 +179,101 @@ impl<V: SystemView> Enricher<V> {
             } => self.exec(subject, filename, args, args_truncated),
             RawEvent::Fork { child } => self.fork(child),
             RawEvent::Exit { subject, status } => self.exit(subject, status),
+            RawEvent::Syscall(syscall) => return self.syscall(&syscall),
+        })
+    }
+
+    fn syscall(&mut self, syscall: &SyscallEvent) -> Option<Event> {
+        let pid = syscall.subject.tgid;
+        let paths = ProcessPaths {
+            view: &self.view,
+            pid,
+            known_cwd: self
+                .table
+                .get(&pid)
+                .and_then(|p| p.working_directory.clone()),
+        };
+        let described = describe(syscall, &paths)?;
+        if let (Some(prefixes), Some(file)) = (&self.file_prefixes, &described.file) {
+            let relative = syscall.strings[0]
+                .as_deref()
+                .is_some_and(|p| !p.starts_with('/'));
+            if relative
+                && is_file_kind(syscall.kind)
+                && !prefixes.iter().any(|p| file.path.starts_with(p.as_str()))
+            {
+                return None;
+            }
+        }
+        let info = self
+            .table
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| self.unknown(&syscall.subject));
+        let mut event = self.event(described.action, &syscall.subject, &info);
+        let Described {
+            action: _,
+            mut file,
+            destination,
+            source,
+            network,
+            mut target,
+            error,
+            details,
+        } = described;
+        if let Some(file) = file.as_mut() {
+            if syscall.truncated {
+                file.flags.push("path_truncated".into());
+            }
+        }
+        if let Some(target) = target.as_mut() {
+            if let Some(known) = self.table.get(&target.pid) {
+                target.executable = Some(known.executable.clone());
+                target.entity_id = Some(known.entity_id.clone());
+            }
+        }
+        event.file = file;
+        event.destination = destination;
+        event.source = source;
+        event.network = network;
+        event.target = target;
+        event.error = error;
+        event.details = details;
+        Some(event)
+    }
+
+    /// The in-band record of kernel loss: `lost` records of `record_kind` did not fit in the ring
+    /// buffer since the last report. Rules and the collector see it like any event.
+    pub fn loss_event(&mut self, record_kind: &str, lost: u64, now: Timestamp) -> Event {
+        self.sequence += 1;
+        let mut details = std::collections::BTreeMap::new();
+        details.insert("lost.kind".to_owned(), record_kind.to_owned());
+        details.insert("lost.records".to_owned(), lost.to_string());
+        Event {
+            timestamp: now,
+            event: EventMeta {
+                kind: "event".into(),
+                action: EventAction::Lost,
+                sequence: self.sequence,
+                boot_ns: 0,
+            },
+            host: self.ctx.host.clone(),
+            details,
+            ..Event::default()
+        }
+    }
+
+    /// A process the table does not know (it started and exec'd while records were lost).
+    fn unknown(&self, subject: &Subject) -> ProcessInfo {
+        ProcessInfo {
+            tgid: subject.tgid,
+            ppid: subject.ppid,
+            start_boot_ns: subject.start_boot_ns,
+            entity_id: self.ctx.entity_id(subject.tgid, subject.start_boot_ns),
+            name: subject.comm.clone(),
+            executable: self.view.executable(subject.tgid).unwrap_or_default(),
+            args: Vec::new(),
+            working_directory: None,
         }
     }
 
@@ -327,6 +469,9 @@ mod tests {
         fn group_name(&self, _gid: u32) -> Option<String> {
             None
         }
+        fn fd_path(&self, _pid: u32, _fd: i32) -> Option<String> {
+            None
+        }
     }
 
     fn ctx() -> HostContext {
@@ -384,12 +529,14 @@ mod tests {
         enricher.enrich(RawEvent::Fork {
             child: subject(20, 10, 30_000_000),
         });
-        let event = enricher.enrich(RawEvent::Exec {
-            subject: subject(20, 10, 30_000_000),
-            filename: "./tool".into(),
-            args: vec!["./tool".into(), "--flag".into()],
-            args_truncated: true,
-        });
+        let event = enricher
+            .enrich(RawEvent::Exec {
+                subject: subject(20, 10, 30_000_000),
+                filename: "./tool".into(),
+                args: vec!["./tool".into(), "--flag".into()],
+                args_truncated: true,
+            })
+            .unwrap();
         assert_eq!(event.process.executable, "/srv/./tool");
         assert_eq!(event.process.command_line, "./tool --flag");
         assert!(event.process.args_truncated);
@@ -417,17 +564,21 @@ mod tests {
     fn exit_reports_code_or_signal_and_forgets_the_process() {
         let mut enricher = Enricher::new(ctx(), FakeHost::default());
         enricher.seed(shell(10));
-        let event = enricher.enrich(RawEvent::Exit {
-            subject: subject(10, 1, 10_000_000),
-            status: 7 << 8,
-        });
+        let event = enricher
+            .enrich(RawEvent::Exit {
+                subject: subject(10, 1, 10_000_000),
+                status: 7 << 8,
+            })
+            .unwrap();
         assert_eq!(event.process.exit_code, Some(7));
         assert_eq!(event.process.executable, "/usr/bin/bash");
         assert!(enricher.process(10).is_none());
-        let killed = enricher.enrich(RawEvent::Exit {
-            subject: subject(11, 1, 1),
-            status: 9,
-        });
+        let killed = enricher
+            .enrich(RawEvent::Exit {
+                subject: subject(11, 1, 1),
+                status: 9,
+            })
+            .unwrap();
         assert_eq!(
             (killed.process.exit_signal, killed.process.exit_code),
             (Some(9), Some(137))

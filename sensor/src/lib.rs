@@ -7,10 +7,13 @@
 pub mod capture;
 pub mod config;
 pub mod decode;
+pub mod describe;
 pub mod enrich;
 pub mod offsets;
 pub mod procfs;
+pub mod redact;
 pub mod ship;
+pub mod syscalls;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +25,7 @@ use tokio::sync::mpsc;
 use vigil_detect::RuleSet;
 use vigil_proto::{Alert, Event, EventAction};
 
-use crate::capture::{Capture, KernelCounters};
+use crate::capture::{Capture, CaptureOptions, KernelCounters};
 use crate::config::{Output, SensorConfig};
 use crate::enrich::Enricher;
 use crate::ship::{CollectorTarget, Outgoing, ShipStats};
@@ -50,16 +53,25 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let rules = load_rules(&config)?;
+    let redactor = redact::Redactor::new(&config.redact).context("redaction patterns")?;
     let ctx = procfs::host_context();
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
-    let mut enricher = Enricher::new(ctx, view);
+    let file_prefixes = config.file_prefixes();
+    let mut enricher = Enricher::new(ctx, view).with_file_prefixes(file_prefixes.clone());
     let seeded = seed.len();
     for info in seed {
         enricher.seed(info);
     }
+    let options = CaptureOptions {
+        exec_hook: config.exec_hook,
+        file_prefixes,
+        syscalls: config.syscalls,
+        critical_ring_bytes: config.critical_ring_bytes,
+        bulk_ring_bytes: config.bulk_ring_bytes,
+    };
     let mut capture =
-        Capture::start(std::process::id(), config.exec_hook).context("starting kernel capture")?;
+        Capture::start(std::process::id(), &options).context("starting kernel capture")?;
     for hook in capture.hooks() {
         tracing::info!(event = hook.event, hook = %hook.hook, "attached");
     }
@@ -107,16 +119,23 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {
-                report_counters(&capture, &mut last_counters, &stats, &pipeline_drops);
-                continue;
+                let losses = report_counters(&capture, &mut last_counters, &stats, &pipeline_drops);
+                events.extend(losses.into_iter().map(|(kind, lost)| {
+                    enricher.loss_event(decode::kind_name(kind), lost, vigil_proto::Timestamp::now())
+                }));
             }
             drained = capture.drain(DRAIN_BUDGET, |bytes| match decode::decode(bytes) {
-                Ok(raw) => events.push(enricher.enrich(raw)),
+                Ok(raw) => events.extend(enricher.enrich(raw)),
                 Err(e) => tracing::warn!(error = %e, "undecodable kernel record"),
             }) => { drained.context("reading the ring buffer")?; }
         }
-        for event in events {
-            let alerts = detect(&rules, &event);
+        for mut event in events {
+            // Rules see the command line as it was; nothing that leaves the sensor does.
+            let mut alerts = detect(&rules, &event);
+            redactor.redact_event(&mut event);
+            for alert in &mut alerts {
+                redactor.redact_event(&mut alert.event);
+            }
             if config.output == Output::Stdout {
                 emit_json(&mut stdout, &event);
                 for alert in &alerts {
@@ -189,21 +208,37 @@ fn emit_json<T: serde::Serialize>(out: &mut impl Write, value: &T) {
     }
 }
 
+/// Logs what changed since the last report and returns the new losses per record kind.
 fn report_counters(
     capture: &Capture,
     last: &mut KernelCounters,
     stats: &ShipStats,
     pipeline_drops: &AtomicU64,
-) {
+) -> Vec<(u32, u64)> {
     let now = capture.counters();
+    let mut losses = Vec::new();
+    for kind in 0..now.sent.len() {
+        if (now.sent[kind], now.lost[kind], now.received[kind])
+            != (last.sent[kind], last.lost[kind], last.received[kind])
+        {
+            tracing::debug!(
+                kind = decode::kind_name(kind as u32),
+                sent = now.sent[kind],
+                lost = now.lost[kind],
+                received = now.received[kind],
+                "kernel record counters"
+            );
+        }
+    }
     for (kind, (&total, &before)) in now.lost.iter().zip(last.lost.iter()).enumerate() {
         if total > before {
             tracing::warn!(
-                kind,
+                kind = decode::kind_name(kind as u32),
                 lost = total - before,
                 total,
                 "kernel records lost: ring buffer full"
             );
+            losses.push((kind as u32, total - before));
         }
     }
     for (kind, (&total, &before)) in now.faults.iter().zip(last.faults.iter()).enumerate() {
@@ -221,4 +256,5 @@ fn report_counters(
             "events dropped on the way to the collector (queues full)"
         );
     }
+    losses
 }

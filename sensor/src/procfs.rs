@@ -77,6 +77,10 @@ impl SystemView for ProcFs {
         self.read_link(pid, "exe")
     }
 
+    fn fd_path(&self, pid: u32, fd: i32) -> Option<String> {
+        self.read_link(pid, &format!("fd/{fd}"))
+    }
+
     fn cgroup_path(&self, pid: u32) -> Option<String> {
         let text = fs::read_to_string(self.root.join(pid.to_string()).join("cgroup")).ok()?;
         // cgroup v2 line is "0::/path"; on hybrid hosts take the longest path, the most specific.

@@ -1,0 +1,261 @@
+//! Generic syscall capture: one enter and one exit program, attached by the loader to the
+//! `syscalls/sys_enter_*` / `sys_exit_*` tracepoints of every syscall it wants. Both share the
+//! stable layout of those tracepoints (`__syscall_nr` at 8; args or `ret` at 16), and a
+//! per-syscall [`SyscallSpec`] says what to copy: user strings (paths) and socket addresses are
+//! read at enter, while the caller's memory still holds them; the record is completed with
+//! the result and sent at exit, so every event carries success or its errno.
+//!
+//! Filters run at enter, before anything is copied to a ring buffer: the watched-path prefix
+//! trie for file events, and an argument test (e.g. `mprotect` only with PROT_EXEC).
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, tracepoint},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use vigil_common::{
+    spec_flags, syscall_flags, SyscallRecord, SyscallSpec, PREFIX_KEY_LEN, SOCKADDR_CAP,
+    SYSCALL_STR_CAP,
+};
+
+use crate::{bump, emit, fill_header, is_sensor, task::Task, BULK, CONFIG, EVENTS, FAULTS};
+
+/// A syscall record being assembled: the fixed part, then both strings packed back to back.
+#[repr(C)]
+pub struct Pending {
+    record: SyscallRecord,
+    data: [u8; 2 * SYSCALL_STR_CAP],
+}
+
+/// What to capture per syscall number (filled by the loader).
+#[map]
+static SPECS: HashMap<u32, SyscallSpec> = HashMap::with_max_entries(512, 0);
+
+/// Watched path prefixes (value unused). Longest-prefix match on the first bytes of a path.
+#[map]
+static PREFIXES: LpmTrie<[u8; PREFIX_KEY_LEN], u8> = LpmTrie::with_max_entries(1024, 0);
+
+/// Syscalls between enter and exit, by thread id. LRU: a thread that never returns (killed
+/// mid-syscall) cannot fill the map.
+#[map]
+static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(8192, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static PREFIX_SCRATCH: PerCpuArray<Key<[u8; PREFIX_KEY_LEN]>> = PerCpuArray::with_max_entries(1, 0);
+
+/// The argument in `slot` (index + 1). NB: a match with constant offsets, not an index: the
+/// verifier loses the bound of a computed index into the record.
+#[inline(always)]
+fn arg(args: &[u64; 6], slot: u8) -> Option<u64> {
+    match slot {
+        1 => Some(args[0]),
+        2 => Some(args[1]),
+        3 => Some(args[2]),
+        4 => Some(args[3]),
+        5 => Some(args[4]),
+        6 => Some(args[5]),
+        _ => None,
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_enter(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_sensor((pid_tgid >> 32) as u32) {
+        return None;
+    }
+    // SAFETY: offset 8 is `__syscall_nr` in every sys_enter_* format.
+    let nr = unsafe { ctx.read_at::<i32>(8) }.ok()? as u32;
+    // SAFETY: map values are only read here.
+    let spec = *unsafe { SPECS.get(&nr) }?;
+    let pending = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    let record = &mut pending.record;
+    record.nr = nr;
+    record.flags = 0;
+    record.ret = 0;
+    record.addr_len = 0;
+    record.str_len = [0, 0];
+    record.small = [0; 16];
+    for i in 0..6 {
+        // SAFETY: args are u64 slots from offset 16 in every sys_enter_* format.
+        record.args[i] = unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0);
+    }
+    if let Some(arg) = arg(&record.args, spec.filter_arg) {
+        let keep = if spec.flags & spec_flags::FILTER_EQ != 0 {
+            arg == spec.filter_value
+        } else {
+            arg & spec.filter_value != 0
+        };
+        if !keep {
+            return None;
+        }
+    }
+
+    let (first, second) = pending.data.split_at_mut(SYSCALL_STR_CAP);
+    let mut len0 = 0usize;
+    if let Some(ptr) = arg(&record.args, spec.str_args[0]) {
+        // SAFETY: a probe read of the caller's memory into a bounded buffer.
+        match unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, first) } {
+            Ok(bytes) => {
+                len0 = bytes.len() + 1;
+                if bytes.len() >= SYSCALL_STR_CAP - 1 {
+                    record.flags |= syscall_flags::STR0_TRUNCATED;
+                }
+            }
+            Err(_) => record.flags |= syscall_flags::STR_UNREADABLE,
+        }
+        if spec.flags & spec_flags::PREFIX_FILTER != 0 && !watched(first) {
+            return None;
+        }
+    }
+    let len0 = len0.min(SYSCALL_STR_CAP) & (SYSCALL_STR_CAP * 2 - 1);
+    record.str_len[0] = len0 as u16;
+    if let Some(ptr) = arg(&pending.record.args, spec.str_args[1]) {
+        // Packed right after the first string; `second` is only the spare room it leaves.
+        let _ = second;
+        let dst = pending.data.as_mut_ptr().wrapping_add(len0 & (SYSCALL_STR_CAP - 1));
+        // SAFETY: dst..dst+SYSCALL_STR_CAP lies within `data` (len0 < SYSCALL_STR_CAP).
+        let room = unsafe { core::slice::from_raw_parts_mut(dst, SYSCALL_STR_CAP) };
+        let record = &mut pending.record;
+        match unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, room) } {
+            Ok(bytes) => {
+                record.str_len[1] = (bytes.len() + 1).min(SYSCALL_STR_CAP) as u16;
+                if bytes.len() >= SYSCALL_STR_CAP - 1 {
+                    record.flags |= syscall_flags::STR1_TRUNCATED;
+                }
+            }
+            Err(_) => record.flags |= syscall_flags::STR_UNREADABLE,
+        }
+    }
+    let record = &mut pending.record;
+    if let Some(ptr) = arg(&record.args, spec.small_str_arg) {
+        // SAFETY: bounded probe read.
+        let _ = unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut record.small) };
+    }
+    if spec.flags & spec_flags::ADDR_AT_EXIT == 0 {
+        if let (Some(ptr), Some(len)) = (arg(&record.args, spec.addr_arg), arg(&record.args, spec.addr_len_arg)) {
+            read_sockaddr(record, ptr, len);
+        }
+    }
+    let tid = pid_tgid as u32;
+    PENDING.insert(&tid, pending, 0).ok()
+}
+
+#[inline(always)]
+fn read_sockaddr(record: &mut SyscallRecord, ptr: u64, len: u64) {
+    let len = if len as usize > SOCKADDR_CAP { SOCKADDR_CAP } else { len as usize };
+    if ptr == 0 || len == 0 {
+        return;
+    }
+    // SAFETY: bounded probe read of the caller's sockaddr.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            record.addr.as_mut_ptr().cast(),
+            (len & (SOCKADDR_CAP * 2 - 1)) as u32,
+            ptr as *const core::ffi::c_void,
+        )
+    };
+    if rc == 0 {
+        record.addr_len = len as u16;
+    }
+}
+
+/// True when the path is relative (resolved and filtered in userspace) or starts with a
+/// watched prefix.
+#[inline(always)]
+fn watched(path: &[u8]) -> bool {
+    if CONFIG.load().prefix_filter == 0 {
+        return true;
+    }
+    if path.first() != Some(&b'/') {
+        return true;
+    }
+    let Some(key) = PREFIX_SCRATCH.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: the per-CPU slot is ours for this program run.
+    let key = unsafe { &mut *key };
+    let mut data = [0u8; PREFIX_KEY_LEN];
+    let mut len = 0usize;
+    for i in 0..PREFIX_KEY_LEN {
+        let byte = path.get(i).copied().unwrap_or(0);
+        if byte == 0 {
+            break;
+        }
+        data[i] = byte;
+        len = i + 1;
+    }
+    key.prefix_len = (len * 8) as u32;
+    key.data = data;
+    PREFIXES.get(&*key).is_some()
+}
+
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_exit(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: offset 16 is `ret` in every sys_exit_* format.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    complete(bpf_get_current_pid_tgid() as u32, ret)
+}
+
+/// A successful execve/execveat never reaches its syscall-exit tracepoint with the pending
+/// record intact (the image it was entered from is gone), so the exec program completes it
+/// here with success; a failed one still completes at exit with its errno.
+#[inline(always)]
+pub fn complete_exec(tid: u32) {
+    let _ = complete(tid, 0);
+}
+
+#[inline(always)]
+fn complete(tid: u32, ret: i64) -> Option<()> {
+    let pending = PENDING.get_ptr_mut(&tid)?;
+    // SAFETY: the entry is this thread's own; no other program touches it concurrently.
+    let pending = unsafe { &mut *pending };
+    let _ = PENDING.remove(&tid);
+    let nr = pending.record.nr;
+    // SAFETY: map values are only read here.
+    let spec = *unsafe { SPECS.get(&nr) }?;
+    pending.record.ret = ret;
+    if spec.flags & spec_flags::ADDR_AT_EXIT != 0 && pending.record.ret >= 0 {
+        let args = &pending.record.args;
+        if let (Some(ptr), Some(len_ptr)) = (arg(args, spec.addr_arg), arg(args, spec.addr_len_arg)) {
+            // SAFETY: probe read of the caller's socklen_t.
+            let len = unsafe { bpf_probe_read_user(len_ptr as *const u32) }.unwrap_or(0);
+            read_sockaddr(&mut pending.record, ptr, len as u64);
+        }
+    }
+    // SAFETY: the helper has no preconditions.
+    let task = Task::from_ptr(unsafe { bpf_get_current_task() } as *const u8);
+    let len0 = pending.record.str_len[0] as usize & (SYSCALL_STR_CAP - 1 + SYSCALL_STR_CAP);
+    let len1 = pending.record.str_len[1] as usize & (SYSCALL_STR_CAP * 2 - 1);
+    let size = core::mem::size_of::<SyscallRecord>() + len0 + len1;
+    if !fill_header(&mut pending.record.header, spec.kind, size as u32, task) {
+        bump(&FAULTS, spec.kind);
+    }
+    if size > core::mem::size_of::<Pending>() {
+        return None;
+    }
+    // SAFETY: `size` is within the pending value (checked just above).
+    let bytes = unsafe { core::slice::from_raw_parts(pending as *const Pending as *const u8, size) };
+    let lane = if spec.flags & spec_flags::CRITICAL != 0 { &EVENTS } else { &BULK };
+    emit::<[u8]>(lane, bytes, spec.kind);
+    Some(())
+}
