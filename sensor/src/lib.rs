@@ -8,6 +8,7 @@ pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod enrich;
+pub mod enroll;
 pub mod offsets;
 pub mod procfs;
 pub mod ship;
