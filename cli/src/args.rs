@@ -208,6 +208,28 @@ pub enum CertsCommand {
     },
     /// Issue a certificate signed by the CA in DIR: DIR/NAME.pem and DIR/NAME-key.pem
     Issue(IssueArgs),
+    /// Make a one-time enrollment token for a sensor; its hash goes to DIR/enroll-tokens
+    /// (the collector's `enroll.tokens`), the token is printed once
+    Token {
+        /// Directory holding the CA
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The name the enrolled sensor's certificate will carry
+        #[arg(long, value_name = "NAME")]
+        sensor: String,
+        /// How long the token can be used (e.g. 30m, 1h, 2d)
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Revoke DIR/NAME.pem: append its serial to DIR/revoked (the collector's `revoked`)
+    Revoke {
+        /// Directory holding the certificates
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Name of the certificate to revoke
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

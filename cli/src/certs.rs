@@ -147,6 +147,28 @@ pub fn issue(
     sans: &[String],
     force: bool,
 ) -> Result<CertPaths, CertError> {
+    let now = SystemTime::now();
+    issue_for_period(
+        dir,
+        role,
+        name,
+        sans,
+        force,
+        now - CLOCK_SKEW,
+        now + CERT_VALIDITY,
+    )
+}
+
+/// [`issue`] with an explicit validity period (tests make expired certificates with it).
+pub fn issue_for_period(
+    dir: &Path,
+    role: Role,
+    name: &str,
+    sans: &[String],
+    force: bool,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertPaths, CertError> {
     check_name(name)?;
     let paths = cert_paths(dir, name);
     refuse_overwrite(&paths, force)?;
@@ -186,7 +208,8 @@ pub fn issue(
         Role::Sensor | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params, CERT_VALIDITY);
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
     let key = KeyPair::generate().map_err(CertError::Generate)?;
     let cert = params
         .signed_by(&key, &issuer)
@@ -228,7 +251,7 @@ fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
 
 /// Names become file names and certificate CNs: keep them to what is safe as both, and keep
 /// them from landing on the CA's files or another certificate's key file.
-fn check_name(name: &str) -> Result<(), CertError> {
+pub(crate) fn check_name(name: &str) -> Result<(), CertError> {
     let bad = |reason| {
         Err(CertError::BadName {
             name: name.to_owned(),

@@ -4,5 +4,6 @@
 
 pub mod certs;
 pub mod client;
+pub mod enrollment;
 pub mod output;
 pub mod tail;

@@ -94,6 +94,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn make_certs(command: CertsCommand) -> anyhow::Result<()> {
     let paths = match command {
+        CertsCommand::Token { dir, sensor, ttl } => {
+            let token = vigil_cli::enrollment::make_token(&dir, &sensor, ttl)?;
+            eprintln!(
+                "one-time token for sensor {sensor}, valid for {}:",
+                humantime::format_duration(ttl)
+            );
+            println!("{token}");
+            return Ok(());
+        }
+        CertsCommand::Revoke { dir, name } => {
+            let serial = vigil_cli::enrollment::revoke(&dir, &name)?;
+            println!(
+                "revoked {name} (serial {serial}) in {}",
+                vigil_cli::enrollment::revoked_path(&dir).display()
+            );
+            return Ok(());
+        }
         CertsCommand::Init { dir, force } => certs::init_ca(&dir, force)?,
         CertsCommand::Issue(args::IssueArgs {
             dir,

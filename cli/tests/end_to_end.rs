@@ -78,6 +78,8 @@ impl Running {
                 cert: dir.join("collector.pem"),
                 key: dir.join("collector-key.pem"),
             },
+            revoked: None,
+            enroll: None,
         };
         // A restarted collector wants its old port back; the old socket may take a moment.
         let collector = within("the collector to bind", async {

@@ -17,6 +17,29 @@ pub struct CollectorConfig {
     /// The SQLite database file; created, with its schema, when missing.
     pub database: PathBuf,
     pub tls: TlsConfig,
+    /// Serial numbers of revoked certificates, one per line (`vigil certs revoke` appends).
+    /// Re-read when the file changes or on SIGHUP; applies to new and live connections.
+    pub revoked: Option<PathBuf>,
+    /// Enrollment of sensors with one-time tokens; absent means the collector signs nothing.
+    pub enroll: Option<EnrollConfig>,
+}
+
+/// What the collector needs to sign sensor certificates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// The deployment CA's private key (`ca-key.pem` from `vigil certs init`).
+    pub ca_key: PathBuf,
+    /// The tokens file `vigil certs token` appends to (`enroll-tokens` in the certs directory).
+    pub tokens: PathBuf,
+    /// How long an enrolled or renewed sensor certificate is valid; sensors renew after two
+    /// thirds of it. Short, so that a stolen certificate soon stops working even unrevoked.
+    #[serde(default = "default_cert_validity_secs")]
+    pub cert_validity_secs: u64,
+}
+
+fn default_cert_validity_secs() -> u64 {
+    24 * 3600
 }
 
 /// The collector's PEM files, as made by `vigil certs init` and `vigil certs issue --collector`.
@@ -37,6 +60,8 @@ impl Default for CollectorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             database: PathBuf::from("/var/lib/vigil/collector.db"),
             tls: TlsConfig::default(),
+            revoked: None,
+            enroll: None,
         }
     }
 }
@@ -91,7 +116,7 @@ impl CollectorConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_yaml_str(&text).map_err(|e| {
+        Self::parse_yaml(&text).map_err(|e| {
             let YamlProblem {
                 line,
                 column,
@@ -108,7 +133,12 @@ impl CollectorConfig {
         })
     }
 
-    fn from_yaml_str(text: &str) -> Result<Self, YamlProblem> {
+    /// Parses YAML text (what [`Self::from_yaml_file`] reads); public for the fuzz target.
+    pub fn from_yaml_str(text: &str) -> Result<Self, YamlProblem> {
+        Self::parse_yaml(text)
+    }
+
+    fn parse_yaml(text: &str) -> Result<Self, YamlProblem> {
         // NB: marked-yaml wants a mapping at the top; an empty (or all-comment) file is a valid
         // config that keeps every default.
         if text
@@ -124,11 +154,11 @@ impl CollectorConfig {
 
 /// A YAML error with its position pulled out of whichever layer of marked-yaml raised it.
 #[derive(Debug)]
-struct YamlProblem {
-    line: usize,
-    column: usize,
-    key: Option<String>,
-    message: String,
+pub struct YamlProblem {
+    pub line: usize,
+    pub column: usize,
+    pub key: Option<String>,
+    pub message: String,
 }
 
 impl From<marked_yaml::FromYamlError> for YamlProblem {
@@ -194,6 +224,19 @@ mod tests {
         assert_eq!(config.tls.ca, PathBuf::from("/x/ca.pem"));
         assert_eq!(config.tls.key, TlsConfig::default().key);
         assert_eq!(config.database, CollectorConfig::default().database);
+    }
+
+    #[test]
+    fn enrollment_and_revocation_keys_parse() {
+        let config = CollectorConfig::from_yaml_str(
+            "revoked: /etc/vigil/revoked\nenroll:\n  ca_key: /k.pem\n  tokens: /t\n",
+        )
+        .expect("valid config");
+        assert_eq!(config.revoked, Some(PathBuf::from("/etc/vigil/revoked")));
+        let enroll = config.enroll.expect("enroll section");
+        assert_eq!(enroll.cert_validity_secs, 24 * 3600);
+        let text = problem("enroll:\n  tokens: /t\n");
+        assert!(text.contains("ca_key"), "{text}");
     }
 
     #[test]

@@ -10,9 +10,14 @@
 //! binary calls [`run`].
 
 pub mod config;
+pub mod enroll;
+mod limits;
+mod reload;
 mod server;
 mod store;
 
-pub use config::{CollectorConfig, ConfigError, TlsConfig};
+pub use config::{CollectorConfig, ConfigError, EnrollConfig, TlsConfig};
+pub use limits::Stats;
+pub use reload::ReloadHandle;
 pub use server::{run, Collector, CollectorError};
 pub use store::StoreError;

@@ -86,7 +86,17 @@ fn start(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot listen for signals")?;
-        vigil_collector::run(config, shutdown).await?;
+        let collector = vigil_collector::Collector::bind(&config).await?;
+        // SIGHUP: reload certificates and the revocation list (files are also watched).
+        let reload = collector.reload_handle();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                reload.reload();
+            }
+        });
+        collector.run(shutdown).await?;
         Ok(())
     })
 }

@@ -12,16 +12,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{ConnectionError, VarInt};
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 use vigil_proto::transport::{self, PeerIdentity, Role, TlsFiles, TransportError};
+use vigil_proto::trust::{self, RevocationFileError, RevocationList};
 use vigil_proto::{
-    read_frame, write_frame, AlertQuery, Batch, FrameError, Reply, Request, StoredAlert, Subscribe,
-    MAX_FRAME_BYTES,
+    read_frame, write_frame, AlertQuery, Batch, FrameError, Renew, Reply, Request, StoredAlert,
+    Subscribe, MAX_FRAME_BYTES,
 };
 
 use crate::config::CollectorConfig;
+use crate::enroll::Enroller;
+use crate::limits::{PeerSlots, RejectLog, Stats, MAX_BATCH_ITEMS};
+use crate::reload::{ReloadHandle, Reloader, WATCH_INTERVAL};
 use crate::store::{Published, Store, StoreError, Writer};
 
 /// Connections served at once; more are refused at once rather than queued.
@@ -46,6 +50,12 @@ const QUERY_BYTE_BUDGET: usize = MAX_FRAME_BYTES / 2;
 const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 /// Application close code for a peer whose certificate names no usable identity.
 const CLOSE_BAD_IDENTITY: VarInt = VarInt::from_u32(1);
+/// Application close code for a connection on the main ALPN without a client certificate.
+const CLOSE_NO_CERTIFICATE: VarInt = VarInt::from_u32(2);
+/// Application close code for a peer whose certificate was revoked while it was connected.
+const CLOSE_REVOKED: VarInt = VarInt::from_u32(3);
+/// Application close code for a peer over [`crate::limits::MAX_CONNECTIONS_PER_PEER`].
+const CLOSE_TOO_MANY: VarInt = VarInt::from_u32(4);
 /// Stream error code: the request could not be decoded; stop sending.
 const STREAM_MALFORMED: VarInt = VarInt::from_u32(1);
 
@@ -67,6 +77,9 @@ pub enum CollectorError {
     /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The revocation list could not be read at start-up.
+    #[error(transparent)]
+    Revocation(#[from] RevocationFileError),
 }
 
 /// A bound collector: learn its address with [`Collector::local_addr`], then [`Collector::run`].
@@ -75,13 +88,21 @@ pub struct Collector {
     local_addr: SocketAddr,
     shared: Shared,
     writer: Writer,
+    reloader: Reloader,
+    reload: ReloadHandle,
 }
 
 /// What every connection task needs.
 #[derive(Clone)]
-struct Shared {
+pub(crate) struct Shared {
     store: Store,
     alerts: broadcast::Sender<StoredAlert>,
+    pub(crate) stats: Arc<Stats>,
+    peer_slots: Arc<PeerSlots>,
+    revoked: Arc<RevocationList>,
+    revocations: watch::Receiver<u64>,
+    /// `None` when the config has no `enroll` section: enrollment and renewal are refused.
+    pub(crate) enroller: Option<Arc<Enroller>>,
 }
 
 impl Collector {
@@ -92,8 +113,14 @@ impl Collector {
             listen,
             database,
             tls,
+            revoked,
+            enroll,
         } = config;
-        let server = transport::server_config(&TlsFiles::from(tls))?;
+        let reloader = Reloader::new(TlsFiles::from(tls), revoked.clone())?;
+        let server = transport::server_config(&TlsFiles::from(tls), reloader.revoked.clone())?;
+        let enroller = enroll
+            .as_ref()
+            .map(|e| Arc::new(Enroller::new(e.clone(), tls.ca.clone(), database.clone())));
         let (alerts, _) = broadcast::channel(FANOUT_CAPACITY);
         let database = database.clone();
         let fanout = alerts.clone();
@@ -115,9 +142,29 @@ impl Collector {
         Ok(Self {
             endpoint,
             local_addr,
-            shared: Shared { store, alerts },
+            shared: Shared {
+                store,
+                alerts,
+                stats: Arc::default(),
+                peer_slots: Arc::default(),
+                revoked: reloader.revoked.clone(),
+                revocations: reloader.generation.subscribe(),
+                enroller,
+            },
             writer,
+            reloader,
+            reload: ReloadHandle::default(),
         })
+    }
+
+    /// A handle that makes the running collector reload its certificates and revocation list.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
+    /// The collector's counters, as operators read them with a stats request.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -132,7 +179,11 @@ impl Collector {
             local_addr: _,
             shared,
             writer,
+            mut reloader,
+            reload,
         } = self;
+        let mut watch = tokio::time::interval(WATCH_INTERVAL);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -145,6 +196,7 @@ impl Collector {
                             connections.spawn(serve_connection(incoming, shared.clone(), slot));
                         }
                         Err(_) => {
+                            shared.stats.refused_connection();
                             let remote = incoming.remote_address();
                             warn!(%remote, "refused connection from {remote}: {MAX_CONNECTIONS} connections already open");
                             incoming.refuse();
@@ -152,6 +204,12 @@ impl Collector {
                     }
                 }
                 Some(done) = connections.join_next() => log_task_end(done),
+                () = reload.0.notified() => reloader.reload(&endpoint),
+                _ = watch.tick() => {
+                    if reloader.files_changed() {
+                        reloader.reload(&endpoint);
+                    }
+                }
                 () = &mut shutdown => break,
             }
         }
@@ -163,6 +221,7 @@ impl Collector {
         // NB: the writer thread stops once every store handle is gone; the connection tasks
         // held the others.
         drop(shared);
+        drop(reloader);
         if tokio::task::spawn_blocking(move || writer.join())
             .await
             .is_err()
@@ -206,6 +265,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Shared, _slot: Owne
             } else {
                 e.reason
             };
+            shared.stats.refused_connection();
             warn!(%remote, "refused connection from {remote}: {reason}");
             return;
         }
@@ -214,24 +274,56 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Shared, _slot: Owne
             return;
         }
     };
+    if transport::negotiated_alpn(&conn).as_deref() == Some(vigil_proto::ENROLL_ALPN) {
+        crate::enroll::serve_enrollment(conn, shared, remote).await;
+        return;
+    }
+    // NB: TLS lets a client without a certificate through (enrollment shares the port); on
+    // this ALPN that is the end of it, before a single stream is read.
+    let Some(serial) = trust::peer_serial(&conn) else {
+        shared.stats.refused_connection();
+        warn!(%remote, "refused connection from {remote}: no client certificate");
+        conn.close(CLOSE_NO_CERTIFICATE, b"a client certificate is required");
+        return;
+    };
     let peer = match transport::peer_identity(&conn) {
         Ok(peer) => Arc::new(peer),
         Err(e) => {
+            shared.stats.refused_connection();
             warn!(%remote, "refused connection from {remote}: {e}");
             conn.close(CLOSE_BAD_IDENTITY, b"certificate names no vigil identity");
             return;
         }
     };
+    let Some(_peer_slot) = shared.peer_slots.try_take(&peer.name) else {
+        shared.stats.refused_connection();
+        warn!(%remote, peer = %peer.name, "refused connection from {peer} at {remote}: it already holds {} connections", crate::limits::MAX_CONNECTIONS_PER_PEER);
+        conn.close(
+            CLOSE_TOO_MANY,
+            b"too many connections with this certificate",
+        );
+        return;
+    };
+    let rejects = Arc::new(RejectLog::default());
+    let mut revocations = shared.revocations.clone();
     info!(%remote, peer = %peer.name, role = %peer.role, "connection from {peer} at {remote}");
     let mut streams = JoinSet::new();
     let closed = loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_stream(shared.clone(), peer.clone(), remote, send, recv));
+                    let context = StreamContext { peer: peer.clone(), remote, rejects: rejects.clone() };
+                    streams.spawn(serve_stream(shared.clone(), context, send, recv));
                 }
                 Err(e) => break e,
             },
+            Ok(()) = revocations.changed() => {
+                if shared.revoked.is_revoked(&serial) {
+                    shared.stats.refused_connection();
+                    warn!(%remote, peer = %peer.name, serial, "closing connection from {peer}: its certificate was revoked");
+                    conn.close(CLOSE_REVOKED, b"certificate revoked");
+                }
+            }
             Some(done) = streams.join_next() => log_task_end(done),
         }
     };
@@ -256,13 +348,25 @@ enum StreamError {
     Store(#[from] StoreError),
 }
 
-async fn serve_stream(
-    shared: Shared,
+/// Who a stream belongs to.
+struct StreamContext {
     peer: Arc<PeerIdentity>,
     remote: SocketAddr,
+    /// Shared by the connection's streams: decides which rejections are logged.
+    rejects: Arc<RejectLog>,
+}
+
+async fn serve_stream(
+    shared: Shared,
+    context: StreamContext,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let StreamContext {
+        peer,
+        remote,
+        rejects,
+    } = context;
     // Batches can be large; nothing an operator sends needs more than a few bytes.
     let limit = match peer.role {
         Role::Sensor => MAX_FRAME_BYTES,
@@ -276,7 +380,10 @@ async fn serve_stream(
             return;
         }
         Err(e) => {
-            warn!(%remote, peer = %peer.name, role = %peer.role, "malformed request from {peer} at {remote}: {e}");
+            shared.stats.rejected_frame();
+            if let Some(n) = rejects.should_log() {
+                warn!(%remote, peer = %peer.name, role = %peer.role, rejected = n, "malformed request from {peer} at {remote} ({n} so far on this connection): {e}");
+            }
             let _ = recv.stop(STREAM_MALFORMED);
             let reason = format!("malformed request: {e}");
             let _ = write_frame(&mut send, &Reply::Refused { reason }).await;
@@ -285,7 +392,30 @@ async fn serve_stream(
         }
     };
     let outcome = match (request, peer.role) {
+        (Request::Publish(batch), Role::Sensor)
+            if batch.events.len() + batch.alerts.len() > MAX_BATCH_ITEMS =>
+        {
+            shared.stats.rejected_frame();
+            let items = batch.events.len() + batch.alerts.len();
+            if let Some(n) = rejects.should_log() {
+                warn!(%remote, peer = %peer.name, rejected = n, "refused batch {} from {peer}: {items} items, over the limit of {MAX_BATCH_ITEMS}", batch.seq);
+            }
+            let reason =
+                format!("malformed request: batch of {items} items exceeds {MAX_BATCH_ITEMS}");
+            write_frame(&mut send, &Reply::Refused { reason })
+                .await
+                .map_err(StreamError::from)
+        }
         (Request::Publish(batch), Role::Sensor) => publish(&shared, &peer, batch, &mut send).await,
+        (Request::Renew(renew), Role::Sensor) => {
+            renew_certificate(&shared, &peer, renew, &mut send).await
+        }
+        (Request::Stats, Role::Operator) => {
+            let reply = Reply::Stats(shared.stats.snapshot());
+            write_frame(&mut send, &reply)
+                .await
+                .map_err(StreamError::from)
+        }
         (Request::Subscribe(subscribe), Role::Operator) => {
             subscription(&shared, &peer, subscribe, &mut send).await
         }
@@ -297,8 +427,12 @@ async fn serve_stream(
                 Request::Publish(_) => "publish",
                 Request::Subscribe(_) => "subscribe",
                 Request::QueryAlerts(_) => "query alerts",
+                Request::Renew(_) => "renew a certificate",
+                Request::Stats => "read the collector's stats",
+                Request::Enroll(_) => "enroll on an authenticated connection",
                 _ => "make this request",
             };
+            shared.stats.refused_request();
             warn!(%remote, peer = %peer.name, %role, "refused request from {peer}: a {role} may not {what}");
             let reason = format!("a {role} certificate may not {what}");
             write_frame(&mut send, &Reply::Refused { reason })
@@ -310,6 +444,44 @@ async fn serve_stream(
         debug!(%remote, peer = %peer.name, "stream to {peer} ended: {e}");
     }
     let _ = send.finish();
+}
+
+async fn renew_certificate(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    renew: Renew,
+    send: &mut quinn::SendStream,
+) -> Result<(), StreamError> {
+    let Renew { csr_pem } = renew;
+    let reply = match shared.enroller.clone() {
+        None => Reply::Refused {
+            reason: "this collector does not issue certificates (no `enroll` config)".into(),
+        },
+        Some(enroller) => {
+            let name = peer.name.clone();
+            let signed = tokio::task::spawn_blocking(move || {
+                enroller.renew(&name, &csr_pem, std::time::SystemTime::now())
+            })
+            .await;
+            match signed {
+                Ok(Ok((cert_pem, ca_pem))) => {
+                    shared.stats.certificate_issued();
+                    info!(peer = %peer.name, "renewed the certificate of {peer}");
+                    Reply::Certificate { cert_pem, ca_pem }
+                }
+                Ok(Err(e)) => {
+                    warn!(peer = %peer.name, "refused renewal for {peer}: {e:?}");
+                    Reply::Refused {
+                        reason: e.to_string(),
+                    }
+                }
+                Err(_) => Reply::Refused {
+                    reason: "the collector failed while signing".into(),
+                },
+            }
+        }
+    };
+    Ok(write_frame(send, &reply).await?)
 }
 
 async fn publish(

@@ -10,6 +10,11 @@ use crate::{Envelope, PROTOCOL_VERSION};
 /// Largest frame either side accepts or sends.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// Deepest nesting of MessagePack containers a frame may have. The deepest real frame (a batch
+/// of events with a parent process) is about ten; the limit stops a peer from making the
+/// decoder recurse far on a stack it shares with other connections.
+pub const MAX_DECODE_DEPTH: usize = 32;
+
 /// Initial buffer for a frame body; it grows as the bytes arrive.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -48,15 +53,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
     }
     // NB: read the version alone first, so a newer peer gets a version error rather than a
     // confusing field error from a body shape we do not know.
-    let VersionOnly { version } = rmp_serde::from_slice(bytes)?;
+    let VersionOnly { version } = from_slice_bounded(bytes)?;
     if version != PROTOCOL_VERSION {
         return Err(FrameError::Version {
             theirs: version,
             ours: PROTOCOL_VERSION,
         });
     }
-    let envelope: Envelope<T> = rmp_serde::from_slice(bytes)?;
+    let envelope: Envelope<T> = from_slice_bounded(bytes)?;
     Ok(envelope.body)
+}
+
+fn from_slice_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DECODE_DEPTH);
+    serde::Deserialize::deserialize(&mut de)
 }
 
 pub async fn write_frame<W, T>(writer: &mut W, body: &T) -> Result<(), FrameError>
@@ -193,6 +204,17 @@ mod tests {
             matches!(err, FrameError::Version { theirs: 99, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursing_far() {
+        // A map with key "version" whose value is 100 000 nested one-element arrays.
+        let mut bytes = vec![0x81, 0xa7];
+        bytes.extend_from_slice(b"version");
+        bytes.extend(std::iter::repeat_n(0x91, 100_000));
+        bytes.push(0x01);
+        let err = decode::<Request>(&bytes).unwrap_err();
+        assert!(matches!(err, FrameError::Decode(_)), "{err}");
     }
 
     #[tokio::test]

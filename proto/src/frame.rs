@@ -34,6 +34,43 @@ pub enum Request {
     Subscribe(Subscribe),
     /// Operator role: stored alerts matching the query, as one [`Reply::Alerts`].
     QueryAlerts(AlertQuery),
+    /// No certificate, [`crate::ENROLL_ALPN`] only: a one-time token and a CSR; answered with
+    /// [`Reply::Certificate`] for the name the token was issued for.
+    Enroll(Enroll),
+    /// Sensor role: a fresh certificate for the same name and key, before the current expires.
+    Renew(Renew),
+    /// Operator role: the collector's counters, as one [`Reply::Stats`].
+    Stats,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Enroll {
+    /// As printed by `vigil certs token`; the collector stores only its hash.
+    pub token: String,
+    /// PKCS#10 request in PEM, signed by the key the sensor made (and keeps) for itself.
+    pub csr_pem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Renew {
+    /// PKCS#10 request in PEM; its subject is ignored, the name comes from the peer's certificate.
+    pub csr_pem: String,
+}
+
+/// Counters an operator can read; every peer-controlled limit that refuses something counts here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectorStats {
+    /// Requests refused because their frame was too large, truncated, undecodable, too deep,
+    /// of another protocol version, or over the batch limit.
+    pub rejected_frames: u64,
+    /// Connections refused or closed: no/revoked/unusable certificate, or over a limit.
+    pub refused_connections: u64,
+    /// Requests refused because the peer's role may not make them.
+    pub refused_requests: u64,
+    /// Certificates issued by enrollment and renewal.
+    pub certificates_issued: u64,
+    /// Enrollment attempts refused (unknown, reused or expired token, bad CSR).
+    pub refused_enrollments: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +110,10 @@ pub enum Reply {
     Alerts(Vec<StoredAlert>),
     /// The request was refused; the reason is safe to show the peer.
     Refused { reason: String },
+    /// An issued certificate (PEM) and the CA that signed it (PEM).
+    Certificate { cert_pem: String, ca_pem: String },
+    /// The answer to [`Request::Stats`].
+    Stats(CollectorStats),
 }
 
 /// An alert as the collector stored it.

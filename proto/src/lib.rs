@@ -11,13 +11,18 @@ mod frame;
 mod time;
 #[cfg(feature = "transport")]
 pub mod transport;
+#[cfg(feature = "transport")]
+pub mod trust;
 
 pub use codec::{decode, encode, read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
 pub use event::{
     Alert, Container, Dns, DnsQuestion, Endpoint, ErrorInfo, Event, EventAction, EventMeta, File,
     Hash, Host, Level, Network, ParentProcess, Process, RuleInfo, Target, UserRef,
 };
-pub use frame::{AlertQuery, Batch, Envelope, Reply, Request, StoredAlert, Subscribe};
+pub use frame::{
+    AlertQuery, Batch, CollectorStats, Enroll, Envelope, Renew, Reply, Request, StoredAlert,
+    Subscribe,
+};
 pub use time::Timestamp;
 
 /// Bumped when a frame changes incompatibly; peers refuse envelopes of another version.
@@ -25,3 +30,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 /// The QUIC ALPN token of this protocol version.
 pub const ALPN: &[u8] = b"vigil/1";
+
+/// The ALPN of enrollment: the only connections a client may make without a certificate, on
+/// which the collector serves one [`Request::Enroll`] and nothing else.
+pub const ENROLL_ALPN: &[u8] = b"vigil-enroll/1";

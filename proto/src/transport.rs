@@ -163,21 +163,23 @@ pub enum TransportError {
 }
 
 /// A client endpoint that authenticates with `files.cert`/`files.key` and trusts only servers
-/// whose certificate chains to `files.ca` and names the host it connects to.
+/// whose certificate chains to `files.ca` and names the host it dialled. The certificate is
+/// read again at a handshake after its file changed, so a renewed certificate is used at the
+/// next (re)connect.
 pub fn client_endpoint(files: &TlsFiles) -> Result<quinn::Endpoint, TransportError> {
     let roots = root_store(&files.ca)?;
-    let (certs, key) = cert_and_key(files)?;
+    let resolver = crate::trust::ReloadingClientCert::load(&files.cert, &files.key)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::TlsSetup(e.to_string()))?
         .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .map_err(|source| TransportError::CertKey {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            source,
-        })?;
+        .with_client_cert_resolver(Arc::new(resolver));
     tls.alpn_protocols = vec![crate::ALPN.to_vec()];
+    endpoint_with(tls)
+}
+
+/// A client endpoint from a finished rustls config.
+pub(crate) fn endpoint_with(tls: rustls::ClientConfig) -> Result<quinn::Endpoint, TransportError> {
     let quic = QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| TransportError::TlsSetup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -214,30 +216,38 @@ pub async fn connect(
     }
 }
 
-/// A server config presenting `files.cert`/`files.key` and requiring every client to present a
-/// certificate chaining to `files.ca`. Streams per connection are capped at
-/// [`MAX_CONCURRENT_STREAMS`]; callers may replace the transport config to change limits.
-pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TransportError> {
+/// A server config presenting `files.cert`/`files.key`. A client certificate, when presented,
+/// must chain to `files.ca`, be within its validity and not be in `revoked`; one is *required*
+/// for everything but enrollment, which the server enforces per connection by ALPN: it offers
+/// [`crate::ALPN`] and [`crate::ENROLL_ALPN`], and the caller must close a connection on the
+/// former whose peer has no certificate (see [`peer_identity`]). Streams per connection are
+/// capped at [`MAX_CONCURRENT_STREAMS`]; callers may replace the transport config.
+pub fn server_config(
+    files: &TlsFiles,
+    revoked: Arc<crate::trust::RevocationList>,
+) -> Result<quinn::ServerConfig, TransportError> {
     let roots = Arc::new(root_store(&files.ca)?);
     let (certs, key) = cert_and_key(files)?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| TransportError::BadPem {
             what: "CA certificate",
             path: files.ca.clone(),
             reason: e.to_string(),
         })?;
+    let verifier = crate::trust::RevocationCheckingVerifier { inner, revoked };
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::TlsSetup(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(certs, key)
         .map_err(|source| TransportError::CertKey {
             cert: files.cert.clone(),
             key: files.key.clone(),
             source,
         })?;
-    tls.alpn_protocols = vec![crate::ALPN.to_vec()];
+    tls.alpn_protocols = vec![crate::ALPN.to_vec(), crate::ENROLL_ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(Arc::new(tls))
         .map_err(|e| TransportError::TlsSetup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -245,6 +255,14 @@ pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TransportE
     transport.max_concurrent_bidi_streams(MAX_CONCURRENT_STREAMS.into());
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// The ALPN the peer of an accepted connection negotiated.
+pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
 }
 
 /// The name and role in the certificate the peer authenticated with.
@@ -295,7 +313,7 @@ pub fn identity_of(der: &CertificateDer<'_>) -> Result<PeerIdentity, TransportEr
     Ok(PeerIdentity { name, role })
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -349,7 +367,7 @@ fn certificates(
     Ok(certs)
 }
 
-fn root_store(ca: &Path) -> Result<rustls::RootCertStore, TransportError> {
+pub(crate) fn root_store(ca: &Path) -> Result<rustls::RootCertStore, TransportError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in certificates("CA certificate", ca)? {
         roots.add(cert).map_err(|e| TransportError::BadPem {
@@ -361,7 +379,7 @@ fn root_store(ca: &Path) -> Result<rustls::RootCertStore, TransportError> {
     Ok(roots)
 }
 
-fn cert_and_key(
+pub(crate) fn cert_and_key(
     files: &TlsFiles,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TransportError> {
     let certs = certificates("certificate", &files.cert)?;
@@ -397,7 +415,7 @@ mod tests {
             cert: "/nonexistent/c.pem".into(),
             key: "/nonexistent/k.pem".into(),
         };
-        let err = server_config(&files).unwrap_err();
+        let err = server_config(&files, Default::default()).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("CA certificate /nonexistent/vigil-ca.pem"),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod decode;
 pub mod describe;
 pub mod enrich;
+pub mod enroll;
 pub mod offsets;
 pub mod procfs;
 pub mod redact;

@@ -38,6 +38,14 @@ struct Args {
     /// Exec hook: auto (BTF tracepoint, else the plain tracepoint), btf, or tracepoint.
     #[arg(long, value_enum)]
     exec_hook: Option<ExecHook>,
+    /// One-time enrollment token from `vigil certs token`: make a key in --state-dir, get a
+    /// certificate from --collector (needs --ca), and renew it before it expires. Ignored once
+    /// --state-dir holds a certificate.
+    #[arg(long, value_name = "TOKEN", requires_all = ["state_dir", "collector", "ca"], conflicts_with_all = ["cert", "key"])]
+    enroll: Option<String>,
+    /// Where enrollment keeps this sensor's key (mode 0600) and certificate.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
     /// Check the configuration and rules, then exit.
     #[arg(long)]
     check_config: bool,
@@ -58,8 +66,16 @@ fn build_config(args: Args) -> anyhow::Result<(SensorConfig, bool)> {
         config.exec_hook = hook;
     }
     if let Some(address) = args.collector {
-        let (Some(ca), Some(cert), Some(key)) = (args.ca, args.cert, args.key) else {
-            anyhow::bail!("--collector needs --ca, --cert and --key");
+        let (cert, key) = match (&args.state_dir, args.cert, args.key) {
+            (_, Some(cert), Some(key)) => (cert, key),
+            (Some(dir), None, None) => {
+                let files = vigil_sensor::enroll::state_files(dir, std::path::Path::new(""));
+                (files.cert, files.key)
+            }
+            _ => anyhow::bail!("--collector needs --cert and --key, or --state-dir"),
+        };
+        let Some(ca) = args.ca else {
+            anyhow::bail!("--collector needs --ca");
         };
         config.collector = Some(CollectorConfig {
             address,
@@ -81,7 +97,12 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = async {
-        let (config, check_only) = build_config(Args::parse())?;
+        let args = Args::parse();
+        let enroll = args.enroll.clone();
+        let (config, check_only) = build_config(args)?;
+        if let Some(collector) = config.collector.as_ref().filter(|_| !check_only) {
+            enroll_and_renew(enroll.as_deref(), collector).await?;
+        }
         if check_only {
             let rules = vigil_sensor::load_rules(&config)?;
             println!("configuration ok: {} rules", rules.len());
@@ -97,6 +118,33 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// With a token, enrolls unless already enrolled; then renews in the background whenever the
+/// certificate is one that enrollment made (a hand-issued certificate is left alone).
+async fn enroll_and_renew(token: Option<&str>, collector: &CollectorConfig) -> anyhow::Result<()> {
+    use vigil_sensor::enroll;
+    let state_dir = collector.cert.parent().unwrap_or(std::path::Path::new("."));
+    let files = enroll::state_files(state_dir, &collector.ca);
+    if files.cert != collector.cert {
+        return Ok(());
+    }
+    if let Some(token) = token {
+        enroll::ensure_enrolled(
+            token,
+            collector.address,
+            &collector.server_name,
+            &collector.ca,
+            state_dir,
+        )
+        .await?;
+    }
+    tokio::spawn(enroll::renew_forever(
+        files,
+        collector.address,
+        collector.server_name.clone(),
+    ));
+    Ok(())
 }
 
 async fn shutdown_signal() {

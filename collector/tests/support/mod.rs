@@ -73,6 +73,8 @@ impl Pki {
                 cert: files.cert,
                 key: files.key,
             },
+            revoked: None,
+            enroll: None,
         }
     }
 }
@@ -80,6 +82,8 @@ impl Pki {
 /// A collector serving in this process until [`Running::stop`].
 pub struct Running {
     pub addr: SocketAddr,
+    pub stats: std::sync::Arc<vigil_collector::Stats>,
+    pub reload: vigil_collector::ReloadHandle,
     pub database: PathBuf,
     _data: TempDir,
     shutdown: oneshot::Sender<()>,
@@ -90,16 +94,24 @@ impl Running {
     pub async fn start(pki: &Pki) -> Self {
         let data = tempfile::tempdir().expect("temp dir for the database");
         let database = data.path().join("collector.db");
-        let collector = Collector::bind(&pki.collector_config(database.clone()))
-            .await
-            .expect("bind collector");
+        Self::start_with(pki.collector_config(database), data).await
+    }
+
+    /// Starts a collector with `config`, whose database lives in `data`.
+    pub async fn start_with(config: CollectorConfig, data: TempDir) -> Self {
+        let database = config.database.clone();
+        let collector = Collector::bind(&config).await.expect("bind collector");
         let addr = collector.local_addr();
+        let stats = collector.stats();
+        let reload = collector.reload_handle();
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(collector.run(async {
             let _ = stop.await;
         }));
         Self {
             addr,
+            stats,
+            reload,
             database,
             _data: data,
             shutdown,
