@@ -243,6 +243,9 @@ pub struct Process {
     pub name: String,
     pub executable: String,
     pub args: Vec<String>,
+    /// Hash of the executable (exec events, when the sensor could read the file in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Hash>,
     /// True when the kernel's argv capture hit its bound and `args` is a prefix.
     #[serde(default)]
     pub args_truncated: bool,

@@ -411,6 +411,7 @@ impl<V: SystemView> Enricher<V> {
                 command_line: command_line(&info.args),
                 args: info.args.clone(),
                 args_truncated: false,
+                hash: None,
                 working_directory: info.working_directory.clone(),
                 start: self.ctx.wall(info.start_boot_ns),
                 exit_code: None,

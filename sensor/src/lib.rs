@@ -10,16 +10,19 @@ pub mod decode;
 pub mod describe;
 pub mod enrich;
 pub mod enroll;
+pub mod hashing;
 pub mod offsets;
 pub mod procfs;
 pub mod redact;
 pub mod ship;
 pub mod syscalls;
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -111,10 +114,17 @@ pub async fn run(
     };
 
     let pipeline_drops = AtomicU64::new(0);
-    let mut stdout = std::io::stdout().lock();
     let mut last_counters = KernelCounters::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
+    let mut hasher = hashing::Hasher::start();
+    // Exec events waiting for their executable's hash, by sequence number, with their age.
+    let mut awaiting_hash: HashMap<u64, (Instant, Event)> = HashMap::new();
+    let mut out = Outputs {
+        stdout: (config.output == Output::Stdout).then(|| std::io::stdout().lock()),
+        ship: ship_tx,
+        drops: &pipeline_drops,
+    };
     loop {
         let mut events: Vec<Event> = Vec::new();
         tokio::select! {
@@ -124,6 +134,24 @@ pub async fn run(
                 events.extend(losses.into_iter().map(|(kind, lost)| {
                     enricher.loss_event(decode::kind_name(kind), lost, vigil_proto::Timestamp::now())
                 }));
+                // Hashing must never hold an event back for long: send it without.
+                let stale: Vec<u64> = awaiting_hash
+                    .iter()
+                    .filter(|(_, (since, _))| since.elapsed() > HASH_WAIT)
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                for seq in stale {
+                    if let Some((_, event)) = awaiting_hash.remove(&seq) {
+                        out.event(event);
+                    }
+                }
+            }
+            Some((seq, digest)) = hasher.answered() => {
+                if let Some((_, mut event)) = awaiting_hash.remove(&seq) {
+                    event.process.hash = digest.map(|sha256| vigil_proto::Hash { sha256 });
+                    out.event(event);
+                }
+                continue;
             }
             drained = capture.drain(DRAIN_BUDGET, |bytes| match decode::decode(bytes) {
                 Ok(raw) => events.extend(enricher.enrich(raw)),
@@ -134,27 +162,35 @@ pub async fn run(
             // Rules see the command line as it was; nothing that leaves the sensor does.
             let mut alerts = detect(&rules, &event);
             redactor.redact_event(&mut event);
-            for alert in &mut alerts {
+            for mut alert in alerts.drain(..) {
                 redactor.redact_event(&mut alert.event);
+                out.alert(alert);
             }
-            if config.output == Output::Stdout {
-                emit_json(&mut stdout, &event);
-                for alert in &alerts {
-                    emit_json(&mut stdout, alert);
-                }
-            }
-            if let Some(tx) = &ship_tx {
-                for alert in alerts {
-                    if tx.try_send(Outgoing::Alert(Box::new(alert))).is_err() {
-                        pipeline_drops.fetch_add(1, Ordering::Relaxed);
+            if event.event.action == EventAction::Exec && event.details.is_empty() {
+                // The running image first (a file replaced since exec is not it); the path
+                // when the process is already gone.
+                let candidates = [
+                    PathBuf::from(format!("/proc/{}/exe", event.process.pid)),
+                    PathBuf::from(&event.process.executable),
+                ];
+                match hasher.lookup(event.event.sequence, &candidates) {
+                    hashing::Lookup::Hit(sha256) => {
+                        event.process.hash = Some(vigil_proto::Hash { sha256 });
                     }
-                }
-                if tx.try_send(Outgoing::Event(Box::new(event))).is_err() {
-                    pipeline_drops.fetch_add(1, Ordering::Relaxed);
+                    hashing::Lookup::Pending => {
+                        awaiting_hash.insert(event.event.sequence, (Instant::now(), event));
+                        continue;
+                    }
+                    hashing::Lookup::Unavailable => {}
                 }
             }
+            out.event(event);
         }
     }
+    for (_, (_, event)) in awaiting_hash.drain() {
+        out.event(event);
+    }
+    let ship_tx = out.ship.take();
     tracing::info!("stopping: detaching kernel programs");
     drop(capture);
     drop(ship_tx);
@@ -180,6 +216,40 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// How long an exec event may wait for its executable's hash before it goes without.
+const HASH_WAIT: Duration = Duration::from_millis(500);
+
+/// Where finished events and alerts go: local JSON lines and the collector.
+struct Outputs<'a> {
+    stdout: Option<std::io::StdoutLock<'static>>,
+    ship: Option<mpsc::Sender<Outgoing>>,
+    drops: &'a AtomicU64,
+}
+
+impl Outputs<'_> {
+    fn alert(&mut self, alert: Alert) {
+        if let Some(out) = self.stdout.as_mut() {
+            emit_json(out, &alert);
+        }
+        if let Some(tx) = &self.ship {
+            if tx.try_send(Outgoing::Alert(Box::new(alert))).is_err() {
+                self.drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        if let Some(out) = self.stdout.as_mut() {
+            emit_json(out, &event);
+        }
+        if let Some(tx) = &self.ship {
+            if tx.try_send(Outgoing::Event(Box::new(event))).is_err() {
+                self.drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Rule matches of one event, as alerts carrying the whole event.

@@ -146,3 +146,76 @@ fn sigterm_leaves_no_program_or_map_in_the_kernel() {
         "programs {ours_programs:?} / maps {ours_maps:?} still in the kernel after SIGTERM"
     );
 }
+
+#[test]
+fn an_executed_file_is_hashed_like_sha256sum() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tool = dir.path().join("vigil-hashed");
+    std::fs::copy("/bin/true", &tool).expect("copy true");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let expected = Command::new("sha256sum")
+        .arg(&tool)
+        .output()
+        .expect("sha256sum");
+    let expected = String::from_utf8_lossy(&expected.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum prints a digest")
+        .to_owned();
+    let sensor = start_sensor(&["--output", "stdout"]);
+    let marker = marker("hash");
+    Command::new(&tool)
+        .arg(&marker)
+        .status()
+        .expect("run the copy");
+    let exec = poll_until(Duration::from_secs(5), || {
+        json_lines(&sensor.stdout_lines())
+            .into_iter()
+            .find(|e| e["event"]["action"] == "exec" && e["process"]["args"][1] == marker.as_str())
+    })
+    .expect("exec event of the hashed copy");
+    assert_eq!(exec["process"]["hash"]["sha256"], expected.as_str());
+}
+
+#[test]
+fn secrets_on_command_lines_never_reach_the_output() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mysql = dir.path().join("mysql");
+    std::fs::copy("/bin/true", &mysql).expect("copy true");
+    std::fs::set_permissions(&mysql, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let secret = marker("SECRET");
+    let sensor = start_sensor(&["--output", "stdout"]);
+    Command::new(&mysql)
+        .args(["-uroot", &format!("-p{secret}"), "db"])
+        .status()
+        .expect("run mysql copy");
+    Command::new("/bin/true")
+        .arg(format!("password={secret}"))
+        .status()
+        .expect("run true");
+    let mysql_path = mysql.to_str().expect("utf-8").to_owned();
+    let exec = poll_until(Duration::from_secs(5), || {
+        json_lines(&sensor.stdout_lines()).into_iter().find(|e| {
+            e["event"]["action"] == "exec" && e["process"]["executable"] == mysql_path.as_str()
+        })
+    })
+    .expect("exec of the mysql copy");
+    assert_eq!(
+        exec["process"]["args"],
+        serde_json::json!([mysql_path, "-uroot", "-p<redacted>", "db"])
+    );
+    poll_until(Duration::from_secs(5), || {
+        json_lines(&sensor.stdout_lines())
+            .into_iter()
+            .find(|e| e["process"]["args"][1] == "password=<redacted>")
+    })
+    .expect("exec of true with a redacted password argument");
+    let leaked: Vec<String> = sensor
+        .stdout_lines()
+        .into_iter()
+        .filter(|l| l.contains(&secret))
+        .collect();
+    assert!(leaked.is_empty(), "secret in the output: {leaked:?}");
+}
