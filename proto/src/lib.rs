@@ -17,7 +17,7 @@ pub use event::{
     Alert, Container, Dns, DnsQuestion, Endpoint, ErrorInfo, Event, EventAction, EventMeta, File,
     Hash, Host, Level, Network, ParentProcess, Process, RuleInfo, Target, UserRef,
 };
-pub use frame::{AlertQuery, Batch, Envelope, Reply, Request, StoredAlert, Subscribe};
+pub use frame::{AlertQuery, Batch, Envelope, Loss, Reply, Request, StoredAlert, Subscribe};
 pub use time::Timestamp;
 
 /// Bumped when a frame changes incompatibly; peers refuse envelopes of another version.

@@ -11,9 +11,10 @@ pub mod enrich;
 pub mod offsets;
 pub mod procfs;
 pub mod ship;
+pub mod spool;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,12 +83,15 @@ pub async fn run(
                     key: c.key,
                 },
             };
-            tracing::info!(collector = %target.address, "shipping to collector");
+            // Opened before anything runs, so a bad spool directory fails start-up clearly.
+            let spool = spool::Spool::open(&config.spool)
+                .with_context(|| format!("opening the spool {}", config.spool.dir.display()))?;
+            tracing::info!(collector = %target.address, spool = %config.spool.dir.display(), "shipping to collector");
             let (tx, rx) = mpsc::channel(SHIP_QUEUE);
             let stats = stats.clone();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let handle = tokio::spawn(async move {
-                ship::run(target, rx, stats, async {
+                ship::run(target, spool, rx, stats, async {
                     let _ = stop_rx.await;
                 })
                 .await
@@ -97,7 +101,7 @@ pub async fn run(
         None => (None, None),
     };
 
-    let pipeline_drops = AtomicU64::new(0);
+    let mut reported = Reported::default();
     let mut stdout = std::io::stdout().lock();
     let mut last_counters = KernelCounters::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -107,7 +111,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {
-                report_counters(&capture, &mut last_counters, &stats, &pipeline_drops);
+                report_counters(&capture, &mut last_counters, &stats, &mut reported);
                 continue;
             }
             drained = capture.drain(DRAIN_BUDGET, |bytes| match decode::decode(bytes) {
@@ -126,11 +130,11 @@ pub async fn run(
             if let Some(tx) = &ship_tx {
                 for alert in alerts {
                     if tx.try_send(Outgoing::Alert(Box::new(alert))).is_err() {
-                        pipeline_drops.fetch_add(1, Ordering::Relaxed);
+                        stats.queue_alerts_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 if tx.try_send(Outgoing::Event(Box::new(event))).is_err() {
-                    pipeline_drops.fetch_add(1, Ordering::Relaxed);
+                    stats.queue_events_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -193,7 +197,7 @@ fn report_counters(
     capture: &Capture,
     last: &mut KernelCounters,
     stats: &ShipStats,
-    pipeline_drops: &AtomicU64,
+    reported: &mut Reported,
 ) {
     let now = capture.counters();
     for (kind, (&total, &before)) in now.lost.iter().zip(last.lost.iter()).enumerate() {
@@ -212,13 +216,34 @@ fn report_counters(
         }
     }
     *last = now;
-    let dropped = pipeline_drops.swap(0, Ordering::Relaxed)
-        + stats.events_dropped.swap(0, Ordering::Relaxed)
-        + stats.alerts_dropped.swap(0, Ordering::Relaxed);
-    if dropped > 0 {
+    let now = Reported {
+        events_dropped: stats.events_dropped.load(Ordering::Relaxed),
+        alerts_dropped: stats.alerts_dropped.load(Ordering::Relaxed),
+        corrupt_records: stats.corrupt_records.load(Ordering::Relaxed),
+    };
+    if now != *reported {
         tracing::warn!(
-            dropped,
-            "events dropped on the way to the collector (queues full)"
+            events_dropped = now.events_dropped,
+            alerts_dropped = now.alerts_dropped,
+            corrupt_spool_records = now.corrupt_records,
+            "loss on the way to the collector (totals; the collector receives them too)"
+        );
+        *reported = now;
+    }
+    let spool_bytes = stats.spool_bytes.load(Ordering::Relaxed);
+    if spool_bytes > 0 {
+        tracing::debug!(
+            spool_bytes,
+            spool_batches = stats.spool_batches.load(Ordering::Relaxed),
+            "spool"
         );
     }
+}
+
+/// Loss totals last logged, so that only changes are.
+#[derive(Debug, Default, PartialEq)]
+struct Reported {
+    events_dropped: u64,
+    alerts_dropped: u64,
+    corrupt_records: u64,
 }

@@ -11,7 +11,8 @@ use vigil_sensor::config::{CollectorConfig, ExecHook, Output, SensorConfig};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// YAML config file (keys: rules, output, collector{address, server_name, ca, cert, key}).
+    /// YAML config file (keys: rules, output, collector{address, server_name, ca, cert, key},
+    /// spool{dir, max_bytes, fsync: always|batch|never}, exec_hook).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Rule file or directory; repeatable. Replaces `rules` from the config file.
@@ -38,6 +39,9 @@ struct Args {
     /// Exec hook: auto (BTF tracepoint, else the plain tracepoint), btf, or tracepoint.
     #[arg(long, value_enum)]
     exec_hook: Option<ExecHook>,
+    /// Spool directory: batches wait here for the collector's ack (default /var/lib/vigil/spool).
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
     /// Check the configuration and rules, then exit.
     #[arg(long)]
     check_config: bool,
@@ -53,6 +57,9 @@ fn build_config(args: Args) -> anyhow::Result<(SensorConfig, bool)> {
     }
     if let Some(output) = args.output {
         config.output = output;
+    }
+    if let Some(dir) = args.spool_dir {
+        config.spool.dir = dir;
     }
     if let Some(hook) = args.exec_hook {
         config.exec_hook = hook;
