@@ -57,6 +57,9 @@ pub struct ShipStats {
     pub alerts_dropped: AtomicU64,
     pub corrupt_records: AtomicU64,
     pub batches_acked: AtomicU64,
+    /// Events and alerts written to the spool.
+    pub events_spooled: AtomicU64,
+    pub alerts_spooled: AtomicU64,
     /// Gauges: what the spool holds now.
     pub spool_bytes: AtomicU64,
     pub spool_batches: AtomicU64,
@@ -210,7 +213,12 @@ fn spool(shared: &Shared, class: Class, events: Vec<Event>, alerts: Vec<Alert>) 
     let (n_events, n_alerts) = (events.len() as u64, alerts.len() as u64);
     let mut spool = shared.spool();
     match spool.append(class, events, alerts) {
-        Ok(Appended::Spooled { .. }) => shared.wake[class as usize].notify_one(),
+        Ok(Appended::Spooled { .. }) => {
+            let stats = &shared.stats;
+            stats.events_spooled.fetch_add(n_events, Ordering::Relaxed);
+            stats.alerts_spooled.fetch_add(n_alerts, Ordering::Relaxed);
+            shared.wake[class as usize].notify_one();
+        }
         Ok(Appended::Dropped) => {}
         Err(e) => {
             // The disk failed us (full, read-only, gone): count the loss and keep running.

@@ -229,3 +229,32 @@ fn flipped_bytes_and_a_torn_tail_lose_only_the_damaged_records_counted_once() {
         assert_eq!(sequences, [0, 1, 3, 4, 6, 7, 8]);
     }
 }
+
+/// A measurement, not a check: `cargo test -p vigil-sensor --lib spool_write_rate -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; prints events/s and bytes per event"]
+fn spool_write_rate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut spool = Spool::open(&config(dir.path(), 1 << 30)).expect("open spool");
+    let batches = 200u64;
+    let started = Instant::now();
+    for b in 0..batches {
+        let events = (0..512).map(|i| {
+            let mut e = event(b * 512 + i);
+            e.process.args = vec!["sh".into(), "-c".into(), format!("echo {i}")];
+            e.process.command_line = format!("sh -c echo {i}");
+            e
+        });
+        spool
+            .append(Class::Telemetry, events.collect(), vec![])
+            .expect("append");
+    }
+    spool.sync().expect("sync");
+    let n = batches * 512;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "spool: {:.0} events/s, {:.0} bytes/event on disk (fsync: never)",
+        n as f64 / secs,
+        spool.bytes() as f64 / n as f64
+    );
+}
