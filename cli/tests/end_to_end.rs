@@ -173,6 +173,7 @@ async fn publish(addr: SocketAddr, dir: &Path, seq: u64, marker: &str) {
             seq,
             events: vec![],
             alerts: vec![alert(marker)],
+            loss: Default::default(),
         };
         write_frame(&mut send, &Request::Publish(batch))
             .await

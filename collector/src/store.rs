@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use vigil_proto::{Alert, Batch, StoredAlert, Timestamp};
+use vigil_proto::{Alert, Batch, Loss, StoredAlert, Timestamp};
 
 /// Batches waiting for the writer. Ingest waits for room, so a slow disk slows sensors down
 /// (they keep spooling) instead of growing memory here.
@@ -50,6 +50,14 @@ const MIGRATIONS: &[&str] = &[
          json TEXT NOT NULL
      );
      CREATE INDEX alerts_received ON alerts (received_ns);",
+    // v2. Loss totals each sensor reports (running totals: the largest value seen wins).
+    "CREATE TABLE sensor_loss (
+         sensor TEXT PRIMARY KEY,
+         events_dropped INTEGER NOT NULL,
+         alerts_dropped INTEGER NOT NULL,
+         corrupt_records INTEGER NOT NULL,
+         updated_ns INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -333,11 +341,17 @@ fn store_batch(
         seq,
         events,
         alerts,
+        loss,
     } = batch;
     let received = Timestamp::now();
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite)?;
+    // Before the duplicate check: a resent batch may carry newer totals, and taking the
+    // maximum makes recording them idempotent.
+    if loss != Loss::default() {
+        record_loss(&tx, sensor, loss, received).map_err(sqlite)?;
+    }
     // Bit-preserving: only equality of sequence numbers matters here.
     let seq_sql = seq as i64;
     let inserted = tx
@@ -347,6 +361,8 @@ fn store_batch(
         )
         .map_err(sqlite)?;
     if inserted == 0 {
+        // Commit anyway: the loss totals recorded above are news even on a duplicate.
+        tx.commit().map_err(sqlite)?;
         return Ok(None);
     }
     {
@@ -397,6 +413,37 @@ fn store_batch(
     }
     tx.commit().map_err(sqlite)?;
     Ok(Some(stored))
+}
+
+fn record_loss(
+    tx: &rusqlite::Transaction<'_>,
+    sensor: &str,
+    loss: Loss,
+    received: Timestamp,
+) -> Result<(), rusqlite::Error> {
+    let Loss {
+        events_dropped,
+        alerts_dropped,
+        corrupt_records,
+    } = loss;
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "INSERT INTO sensor_loss (sensor, events_dropped, alerts_dropped, corrupt_records, updated_ns)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (sensor) DO UPDATE SET
+             events_dropped = MAX(events_dropped, excluded.events_dropped),
+             alerts_dropped = MAX(alerts_dropped, excluded.alerts_dropped),
+             corrupt_records = MAX(corrupt_records, excluded.corrupt_records),
+             updated_ns = excluded.updated_ns",
+    )?
+    .execute(params![
+        sensor,
+        clamp(events_dropped),
+        clamp(alerts_dropped),
+        clamp(corrupt_records),
+        to_sql_ns(received)
+    ])?;
+    Ok(())
 }
 
 fn select_alerts(

@@ -4,7 +4,9 @@ mod support;
 
 use support::{batch, within, Peer, Pki, Running};
 use vigil_proto::transport::Role;
-use vigil_proto::{read_frame, AlertQuery, Reply, Request, Subscribe, Timestamp, MAX_FRAME_BYTES};
+use vigil_proto::{
+    read_frame, AlertQuery, Loss, Reply, Request, Subscribe, Timestamp, MAX_FRAME_BYTES,
+};
 
 #[tokio::test]
 async fn a_batch_is_stored_acked_and_a_resent_batch_is_not_stored_twice() {
@@ -59,6 +61,45 @@ async fn a_batch_is_stored_acked_and_a_resent_batch_is_not_stored_twice() {
         1
     );
 
+    collector.stop().await;
+}
+
+#[tokio::test]
+async fn loss_totals_are_kept_per_sensor_and_never_go_backwards() {
+    let pki = Pki::new();
+    let collector = Running::start(&pki).await;
+    let sensor = Peer::connect(collector.addr, &pki.files("sensor-1")).await;
+    let with_loss = |seq, events_dropped, corrupt_records| {
+        let mut b = batch(seq, "marker-loss", 0);
+        b.loss = Loss {
+            events_dropped,
+            alerts_dropped: 0,
+            corrupt_records,
+        };
+        b
+    };
+    for (seq, events, corrupt) in [(1, 10, 1), (2, 25, 1), (1, 30, 2)] {
+        let reply = sensor
+            .ask(&Request::Publish(with_loss(seq, events, corrupt)))
+            .await;
+        assert_eq!(reply, Reply::Ack { seq });
+    }
+    // Totals travel on every batch; an older batch arriving late must not lower them, and a
+    // duplicate (seq 1 again) still brings its newer totals.
+    let stored_batch = with_loss(3, 5, 0);
+    assert_eq!(
+        sensor.ask(&Request::Publish(stored_batch)).await,
+        Reply::Ack { seq: 3 }
+    );
+    let (events, corrupt): (i64, i64) = collector
+        .db()
+        .query_row(
+            "SELECT events_dropped, corrupt_records FROM sensor_loss WHERE sensor = 'sensor-1'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .expect("a loss row for sensor-1");
+    assert_eq!((events, corrupt), (30, 2));
     collector.stop().await;
 }
 

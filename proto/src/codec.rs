@@ -254,6 +254,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_batch_without_loss_totals_still_decodes() {
+        // What a sensor from before loss reporting sends.
+        #[derive(serde::Serialize)]
+        struct OldBatch {
+            seq: u64,
+            events: Vec<Event>,
+            alerts: Vec<Alert>,
+        }
+        let old = Request::Publish(Batch {
+            seq: 9,
+            events: Vec::new(),
+            alerts: Vec::new(),
+            loss: Loss::default(),
+        });
+        #[derive(serde::Serialize)]
+        enum OldRequest {
+            Publish(OldBatch),
+        }
+        let bytes = encode(&OldRequest::Publish(OldBatch {
+            seq: 9,
+            events: Vec::new(),
+            alerts: Vec::new(),
+        }))
+        .unwrap();
+        assert_eq!(decode::<Request>(&bytes).unwrap(), old);
+    }
+
     #[tokio::test]
     async fn frames_round_trip_over_a_stream() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);

@@ -80,6 +80,26 @@ pub struct Batch {
     pub seq: u64,
     pub events: Vec<Event>,
     pub alerts: Vec<Alert>,
+    /// What this sensor has lost so far, as running totals. Totals rather than deltas, so a
+    /// resent or deduplicated batch can neither double-count nor lose a count: the collector
+    /// keeps the largest value it has seen. Absent from older sensors' batches.
+    #[serde(default)]
+    pub loss: Loss,
+}
+
+/// A sensor's loss totals since its spool was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loss {
+    /// Events dropped before reaching the collector (spool over its size limit, queue full).
+    #[serde(default)]
+    pub events_dropped: u64,
+    /// Alerts dropped likewise (only when no telemetry was left to drop first).
+    #[serde(default)]
+    pub alerts_dropped: u64,
+    /// Spool records found damaged (torn write, flipped bytes) and skipped; each may have held
+    /// many events.
+    #[serde(default)]
+    pub corrupt_records: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

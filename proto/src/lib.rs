@@ -20,7 +20,7 @@ pub use event::{
     Hash, Host, Level, Network, ParentProcess, Process, RuleInfo, Target, UserRef,
 };
 pub use frame::{
-    AlertQuery, Batch, CollectorStats, Enroll, Envelope, Renew, Reply, Request, StoredAlert,
+    AlertQuery, Batch, CollectorStats, Enroll, Envelope, Loss, Renew, Reply, Request, StoredAlert,
     Subscribe,
 };
 pub use time::Timestamp;

@@ -41,6 +41,9 @@ pub struct SensorConfig {
     /// before events leave the host (a second capture group, when present, is what is hidden).
     #[serde(default)]
     pub redact: Vec<String>,
+    /// Where batches wait for the collector's ack (only used with a collector).
+    #[serde(default)]
+    pub spool: SpoolConfig,
 }
 
 fn default_true() -> bool {
@@ -58,6 +61,52 @@ impl SensorConfig {
         });
         (!prefixes.iter().any(|p| p == "/")).then_some(prefixes)
     }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of segment files; created if missing. One sensor per directory.
+    #[serde(default = "default_spool_dir")]
+    pub dir: PathBuf,
+    /// Bytes on disk before the oldest telemetry (then, with none left, alerts) is dropped.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// When appended batches are forced to disk.
+    #[serde(default)]
+    pub fsync: Fsync,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_spool_dir(),
+            max_bytes: default_spool_max_bytes(),
+            fsync: Fsync::default(),
+        }
+    }
+}
+
+fn default_spool_dir() -> PathBuf {
+    "/var/lib/vigil/spool".into()
+}
+
+fn default_spool_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+/// A process crash (even SIGKILL) loses nothing under any policy: written data is in the page
+/// cache. The policy decides what a power loss or kernel crash may take.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// After every batch: nothing acknowledged by the spool is lost, at a disk flush per batch.
+    Always,
+    /// At most every 200 ms and at segment rotation: up to that much may be lost.
+    #[default]
+    Batch,
+    /// Never forced: the kernel writes back in its own time (~30 s).
+    Never,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -122,6 +171,7 @@ impl Default for SensorConfig {
             critical_ring_bytes: None,
             bulk_ring_bytes: None,
             redact: Vec::new(),
+            spool: SpoolConfig::default(),
         }
     }
 }
@@ -169,6 +219,26 @@ mod tests {
         let collector = config.collector.unwrap();
         assert_eq!(collector.server_name, "localhost");
         assert_eq!(collector.address.port(), 7443);
+        assert_eq!(config.spool, SpoolConfig::default());
+    }
+
+    #[test]
+    fn spool_keys_parse_and_default() {
+        let config = SensorConfig::parse(
+            "spool:\n  dir: /tmp/s\n  fsync: always\n",
+            Path::new("sensor.yaml"),
+        )
+        .unwrap();
+        assert_eq!(config.spool.dir, Path::new("/tmp/s"));
+        assert_eq!(config.spool.fsync, Fsync::Always);
+        assert_eq!(config.spool.max_bytes, 256 * 1024 * 1024);
+        let err = SensorConfig::parse("spool:\n  fsync: sometimes\n", Path::new("s.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("s.yaml:2:") && err.contains("sometimes"),
+            "{err}"
+        );
     }
 
     #[test]

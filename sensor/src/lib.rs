@@ -15,12 +15,13 @@ pub mod offsets;
 pub mod procfs;
 pub mod redact;
 pub mod ship;
+pub mod spool;
 pub mod syscalls;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,12 +99,15 @@ pub async fn run(
                     key: c.key,
                 },
             };
-            tracing::info!(collector = %target.address, "shipping to collector");
+            // Opened before anything runs, so a bad spool directory fails start-up clearly.
+            let spool = spool::Spool::open(&config.spool)
+                .with_context(|| format!("opening the spool {}", config.spool.dir.display()))?;
+            tracing::info!(collector = %target.address, spool = %config.spool.dir.display(), "shipping to collector");
             let (tx, rx) = mpsc::channel(SHIP_QUEUE);
             let stats = stats.clone();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let handle = tokio::spawn(async move {
-                ship::run(target, rx, stats, async {
+                ship::run(target, spool, rx, stats, async {
                     let _ = stop_rx.await;
                 })
                 .await
@@ -113,7 +117,7 @@ pub async fn run(
         None => (None, None),
     };
 
-    let pipeline_drops = AtomicU64::new(0);
+    let mut reported = Reported::default();
     let mut last_counters = KernelCounters::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
@@ -123,14 +127,14 @@ pub async fn run(
     let mut out = Outputs {
         stdout: (config.output == Output::Stdout).then(|| std::io::stdout().lock()),
         ship: ship_tx,
-        drops: &pipeline_drops,
+        stats: &stats,
     };
     loop {
         let mut events: Vec<Event> = Vec::new();
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {
-                let losses = report_counters(&capture, &mut last_counters, &stats, &pipeline_drops);
+                let losses = report_counters(&capture, &mut last_counters, &stats, &mut reported);
                 events.extend(losses.into_iter().map(|(kind, lost)| {
                     enricher.loss_event(decode::kind_name(kind), lost, vigil_proto::Timestamp::now())
                 }));
@@ -225,7 +229,7 @@ const HASH_WAIT: Duration = Duration::from_millis(500);
 struct Outputs<'a> {
     stdout: Option<std::io::StdoutLock<'static>>,
     ship: Option<mpsc::Sender<Outgoing>>,
-    drops: &'a AtomicU64,
+    stats: &'a ShipStats,
 }
 
 impl Outputs<'_> {
@@ -235,7 +239,9 @@ impl Outputs<'_> {
         }
         if let Some(tx) = &self.ship {
             if tx.try_send(Outgoing::Alert(Box::new(alert))).is_err() {
-                self.drops.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .queue_alerts_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -246,7 +252,9 @@ impl Outputs<'_> {
         }
         if let Some(tx) = &self.ship {
             if tx.try_send(Outgoing::Event(Box::new(event))).is_err() {
-                self.drops.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .queue_events_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -284,7 +292,7 @@ fn report_counters(
     capture: &Capture,
     last: &mut KernelCounters,
     stats: &ShipStats,
-    pipeline_drops: &AtomicU64,
+    reported: &mut Reported,
 ) -> Vec<(u32, u64)> {
     let now = capture.counters();
     let mut losses = Vec::new();
@@ -318,14 +326,35 @@ fn report_counters(
         }
     }
     *last = now;
-    let dropped = pipeline_drops.swap(0, Ordering::Relaxed)
-        + stats.events_dropped.swap(0, Ordering::Relaxed)
-        + stats.alerts_dropped.swap(0, Ordering::Relaxed);
-    if dropped > 0 {
+    let now = Reported {
+        events_dropped: stats.events_dropped.load(Ordering::Relaxed),
+        alerts_dropped: stats.alerts_dropped.load(Ordering::Relaxed),
+        corrupt_records: stats.corrupt_records.load(Ordering::Relaxed),
+    };
+    if now != *reported {
         tracing::warn!(
-            dropped,
-            "events dropped on the way to the collector (queues full)"
+            events_dropped = now.events_dropped,
+            alerts_dropped = now.alerts_dropped,
+            corrupt_spool_records = now.corrupt_records,
+            "loss on the way to the collector (totals; the collector receives them too)"
+        );
+        *reported = now;
+    }
+    let spool_bytes = stats.spool_bytes.load(Ordering::Relaxed);
+    if spool_bytes > 0 {
+        tracing::debug!(
+            spool_bytes,
+            spool_batches = stats.spool_batches.load(Ordering::Relaxed),
+            "spool"
         );
     }
     losses
+}
+
+/// Loss totals last logged, so that only changes are.
+#[derive(Debug, Default, PartialEq)]
+struct Reported {
+    events_dropped: u64,
+    alerts_dropped: u64,
+    corrupt_records: u64,
 }

@@ -11,7 +11,8 @@ use vigil_sensor::config::{CollectorConfig, ExecHook, Output, SensorConfig};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// YAML config file (keys: rules, output, collector{address, server_name, ca, cert, key}).
+    /// YAML config file (keys: rules, output, collector{address, server_name, ca, cert, key},
+    /// spool{dir, max_bytes, fsync: always|batch|never}, exec_hook).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Rule file or directory; repeatable. Replaces `rules` from the config file.
@@ -46,6 +47,9 @@ struct Args {
     /// Where enrollment keeps this sensor's key (mode 0600) and certificate.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
+    /// Spool directory: batches wait here for the collector's ack (default /var/lib/vigil/spool).
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
     /// Check the configuration and rules, then exit.
     #[arg(long)]
     check_config: bool,
@@ -61,6 +65,9 @@ fn build_config(args: Args) -> anyhow::Result<(SensorConfig, bool)> {
     }
     if let Some(output) = args.output {
         config.output = output;
+    }
+    if let Some(dir) = args.spool_dir {
+        config.spool.dir = dir;
     }
     if let Some(hook) = args.exec_hook {
         config.exec_hook = hook;

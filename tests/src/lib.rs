@@ -128,6 +128,24 @@ impl Proc {
         }
     }
 
+    /// SIGKILL, as a crash or an OOM kill would, and reaps the process.
+    pub fn kill9(&mut self) -> ExitStatus {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        self.child.wait().expect("wait after SIGKILL")
+    }
+
+    /// Waits for the process to exit on its own; panics with its stderr after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match poll_until(timeout, || self.child.try_wait().ok().flatten()) {
+            Some(status) => status,
+            None => panic!(
+                "{} did not exit within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr_text()
+            ),
+        }
+    }
+
     /// SIGTERM, then waits up to `grace` before SIGKILL. Returns the exit status and how long
     /// the process took to stop.
     pub fn terminate(&mut self, grace: Duration) -> (ExitStatus, Duration) {

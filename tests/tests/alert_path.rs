@@ -74,6 +74,10 @@ impl Deployment {
         }
     }
 
+    fn spool_dir(&self) -> String {
+        self.dir.path().join("spool").display().to_string()
+    }
+
     fn pem(&self, name: &str) -> String {
         self.dir
             .path()
@@ -152,6 +156,9 @@ fn an_exec_matching_a_rule_reaches_alerts_and_tail_within_two_seconds() {
         &deployment.pem("e2e-sensor.pem"),
         "--key",
         &deployment.pem("e2e-sensor-key.pem"),
+        // Its own spool, so no batch from another run (or test) rides along.
+        "--spool-dir",
+        &deployment.spool_dir(),
     ]);
     let mut child = Command::new(&sh)
         .args(["-c", "exit 0", &marker])
@@ -239,6 +246,8 @@ fn a_sensor_with_a_certificate_from_another_ca_is_refused_and_logged() {
         &pem("rogue-sensor.pem"),
         "--key",
         &pem("rogue-sensor-key.pem"),
+        "--spool-dir",
+        &deployment.spool_dir(),
     ]);
     // Give the sensor something to send so it dials the collector.
     Command::new("/bin/true").status().expect("run true");

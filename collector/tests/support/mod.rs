@@ -255,5 +255,6 @@ pub fn batch(seq: u64, marker: &str, alerts: usize) -> Batch {
         seq,
         events: vec![event(marker, 1), event(marker, 2)],
         alerts: (0..alerts).map(|i| alert(marker, 3 + i as u64)).collect(),
+        loss: Default::default(),
     }
 }
