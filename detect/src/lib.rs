@@ -9,6 +9,7 @@
 //! [`Unsupported`] and are skipped. Every problem is a [`RuleError`] pointing at
 //! `path:line:column`. Matching is pure: no I/O, no clock.
 
+mod category;
 mod condition;
 mod detection;
 mod document;
@@ -17,11 +18,16 @@ mod error;
 mod field;
 mod matcher;
 mod modifier;
+mod options;
+mod pushdown;
 mod rule;
 mod ruleset;
 
-pub use embedded::{sample_exec_event, SampleError, TestCase, TestFailure};
+pub use category::{Category, CATEGORIES};
+pub use embedded::{sample_event, sample_exec_event, SampleError, TestCase, TestFailure};
 pub use error::{Location, RuleError};
+pub use options::{DedupSpec, OutputTemplate, RuleAction, RuleOptions};
+pub use pushdown::{ExecKill, KernelFilter, PathMatch, PathPattern, RulePushdown};
 pub use rule::{LogSource, Rule, Unsupported};
 pub use ruleset::RuleSet;
 

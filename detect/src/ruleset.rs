@@ -20,6 +20,8 @@ pub struct RuleSet {
     unsupported: Vec<Unsupported>,
     /// Rule id → where it was first defined, to reject duplicates across files.
     ids: HashMap<String, Location>,
+    /// Action → indices of the rules whose category reads it, in load order.
+    by_action: HashMap<EventAction, Vec<usize>>,
 }
 
 impl RuleSet {
@@ -64,6 +66,12 @@ impl RuleSet {
                         });
                     }
                     self.ids.insert(id.clone(), rule.location().clone());
+                    for action in rule.category().actions {
+                        self.by_action
+                            .entry(*action)
+                            .or_default()
+                            .push(self.rules.len());
+                    }
                     self.rules.push(*rule);
                 }
                 Parsed::Unsupported(skipped) => self.unsupported.push(skipped),
@@ -92,16 +100,31 @@ impl RuleSet {
 
     /// Rules matching the event, in load order. Pure: no I/O, no clock.
     pub fn matches<'a>(&'a self, event: &Event) -> Vec<&'a Rule> {
-        // Every compiled rule is a process_creation rule, and only exec creates a process
-        // image (fork copies one; exit ends one).
-        if event.event.action != EventAction::Exec {
-            return Vec::new();
-        }
+        let mut out = Vec::new();
+        self.matches_into(event, &mut out);
+        out
+    }
+
+    /// Like [`RuleSet::matches`], appending to `out` so a caller that reuses its buffer
+    /// allocates nothing per event on the match path (field values that need lower-casing
+    /// or number formatting aside).
+    pub fn matches_into<'a>(&'a self, event: &Event, out: &mut Vec<&'a Rule>) {
+        // Only the rules of categories that read this action are looked at.
+        let Some(candidates) = self.by_action.get(&event.event.action) else {
+            return;
+        };
         let view = EventView::new(event);
-        self.rules
-            .iter()
-            .filter(|r| r.matches_view(&view))
-            .collect()
+        out.extend(
+            candidates
+                .iter()
+                .filter_map(|&i| self.rules.get(i))
+                .filter(|r| r.category().admits(event) && r.matches_view(&view)),
+        );
+    }
+
+    /// What the kernel must deliver for these rules, and which kills it can enforce at exec.
+    pub fn kernel_filter(&self) -> crate::KernelFilter {
+        crate::pushdown::build(self.rules.iter())
     }
 
     /// Runs every rule's `vigil.tests` cases against that rule alone.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 use vigil_detect::RuleSet;
-use vigil_proto::{Alert, Event, EventAction};
+use vigil_proto::{Alert, Event};
 
 use crate::capture::{Capture, KernelCounters};
 use crate::config::{Output, SensorConfig};
@@ -164,9 +164,7 @@ pub async fn run(
 
 /// Rule matches of one event, as alerts carrying the whole event.
 pub fn detect(rules: &RuleSet, event: &Event) -> Vec<Alert> {
-    if event.event.action != EventAction::Exec {
-        return Vec::new();
-    }
+    // Each rule reads only its category's actions: RuleSet::matches indexes by action.
     rules
         .matches(event)
         .into_iter()
