@@ -165,7 +165,7 @@ mod tests {
             ),
         );
         assert_eq!(
-            test(&[good.clone()]).expect("loads"),
+            test(std::slice::from_ref(&good)).expect("loads"),
             ExitCode::SUCCESS,
             "passing cases"
         );
