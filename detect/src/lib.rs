@@ -11,6 +11,7 @@
 
 mod category;
 mod condition;
+mod dedup;
 mod detection;
 mod document;
 mod embedded;
@@ -24,6 +25,7 @@ mod rule;
 mod ruleset;
 
 pub use category::{Category, CATEGORIES};
+pub use dedup::{DedupDecision, DedupSummary, Deduplicator};
 pub use embedded::{sample_event, sample_exec_event, SampleError, TestCase, TestFailure};
 pub use error::{Location, RuleError};
 pub use options::{DedupSpec, OutputTemplate, RuleAction, RuleOptions};
