@@ -11,6 +11,7 @@
 
 mod category;
 mod condition;
+mod correlation;
 mod dedup;
 mod detection;
 mod document;
@@ -25,6 +26,7 @@ mod rule;
 mod ruleset;
 
 pub use category::{Category, CATEGORIES};
+pub use correlation::{Correlation, CorrelationEngine, CorrelationHit, CorrelationKind};
 pub use dedup::{DedupDecision, DedupSummary, Deduplicator};
 pub use embedded::{sample_event, sample_exec_event, SampleError, TestCase, TestFailure};
 pub use error::{Location, RuleError};

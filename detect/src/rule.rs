@@ -9,6 +9,7 @@ use marked_yaml::Node;
 use vigil_proto::{Event, Level, RuleInfo};
 
 use crate::category::Category;
+use crate::correlation::Correlation;
 use crate::detection::Detection;
 use crate::document::{Document, Positions};
 use crate::embedded::{self, TestCase};
@@ -172,6 +173,7 @@ pub struct Unsupported {
 
 pub(crate) enum Parsed {
     Rule(Box<Rule>),
+    Correlation(Box<Correlation>),
     Unsupported(Unsupported),
 }
 
@@ -210,9 +212,6 @@ pub(crate) fn from_document(doc: &Document<'_>) -> Result<Parsed, RuleError> {
         }))
     };
     // Valid Sigma documents of kinds this engine does not run: skipped, not errors.
-    if map.contains_key("correlation") {
-        return skip("Sigma correlation rule");
-    }
     if map.contains_key("filter") && !map.contains_key("detection") {
         return skip("Sigma filter document");
     }
@@ -220,6 +219,18 @@ pub(crate) fn from_document(doc: &Document<'_>) -> Result<Parsed, RuleError> {
         Some((key, node)) => level(key, node, pos)?,
         None => Level::Medium,
     };
+    if let Some(node) = map.get_node("correlation") {
+        let info = RuleInfo {
+            id,
+            title,
+            level,
+            tags: optional_list(map, "tags", pos)?,
+            description: optional_text(map, "description", pos)?,
+            author: optional_text(map, "author", pos)?,
+        };
+        let corr = crate::correlation::parse(node, info, root_at, pos)?;
+        return Ok(Parsed::Correlation(Box::new(corr)));
+    }
     let Some((detection_key, detection)) = entry(map, "detection") else {
         return Err(RuleError::invalid(root_at, "missing `detection`"));
     };

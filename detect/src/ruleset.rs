@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use vigil_proto::{Event, EventAction};
 
+use crate::correlation::Correlation;
 use crate::document::parse_documents;
 use crate::embedded::TestFailure;
 use crate::error::{Location, RuleError};
@@ -20,6 +21,7 @@ pub struct RuleSet {
     unsupported: Vec<Unsupported>,
     /// Rule id → where it was first defined, to reject duplicates across files.
     ids: HashMap<String, Location>,
+    correlations: Vec<Correlation>,
     /// Action → indices of the rules whose category reads it, in load order.
     by_action: HashMap<EventAction, Vec<usize>>,
 }
@@ -43,6 +45,7 @@ impl RuleSet {
             })?;
             set.add_source(&text, &file.display().to_string())?;
         }
+        set.resolve_correlations()?;
         Ok(set)
     }
 
@@ -50,6 +53,7 @@ impl RuleSet {
     pub fn parse(source: &str, origin: &str) -> Result<RuleSet, RuleError> {
         let mut set = RuleSet::default();
         set.add_source(source, origin)?;
+        set.resolve_correlations()?;
         Ok(set)
     }
 
@@ -74,10 +78,25 @@ impl RuleSet {
                     }
                     self.rules.push(*rule);
                 }
+                Parsed::Correlation(corr) => self.correlations.push(*corr),
                 Parsed::Unsupported(skipped) => self.unsupported.push(skipped),
             }
         }
         Ok(())
+    }
+
+    /// Correlations may refer to rules of any file, so they are resolved once all are read.
+    fn resolve_correlations(&mut self) -> Result<(), RuleError> {
+        let rules = &self.rules;
+        for corr in &mut self.correlations {
+            corr.resolve(rules.iter())?;
+        }
+        Ok(())
+    }
+
+    /// Compiled correlation rules; feed them to a [`crate::CorrelationEngine`].
+    pub fn correlations(&self) -> &[Correlation] {
+        &self.correlations
     }
 
     /// Compiled, matchable rules.

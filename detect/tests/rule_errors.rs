@@ -196,14 +196,14 @@ fn documents_ids_and_duplicates() {
 
 #[test]
 fn other_log_sources_are_listed_not_compiled() {
-    let text = "title: net\nlogsource: {product: linux, category: firewall}\ndetection: {s: {DestinationPort: 4444}, condition: s}\n---\ntitle: win\nlogsource: {product: windows, category: process_creation}\ndetection: {s: {Image: x}, condition: s}\n---\ntitle: corr\ncorrelation: {type: event_count}\n";
+    let text = "title: net\nlogsource: {product: linux, category: firewall}\ndetection: {s: {DestinationPort: 4444}, condition: s}\n---\ntitle: win\nlogsource: {product: windows, category: process_creation}\ndetection: {s: {Image: x}, condition: s}\n";
     let set = RuleSet::parse(text, "<inline>").unwrap_or_else(|e| panic!("{e}"));
     assert!(
         set.is_empty(),
         "nothing here is a Linux category Vigil reads"
     );
     let titles: Vec<&str> = set.unsupported().iter().map(|u| u.title.as_str()).collect();
-    assert_eq!(titles, vec!["net", "win", "corr"]);
+    assert_eq!(titles, vec!["net", "win"]);
     assert_eq!(
         set.unsupported()[0].logsource.to_string(),
         "product=linux category=firewall"
