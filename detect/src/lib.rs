@@ -9,6 +9,7 @@
 //! [`Unsupported`] and are skipped. Every problem is a [`RuleError`] pointing at
 //! `path:line:column`. Matching is pure: no I/O, no clock.
 
+pub mod bench;
 mod category;
 mod condition;
 mod correlation;
@@ -18,6 +19,7 @@ mod document;
 mod embedded;
 mod error;
 mod field;
+mod index;
 mod matcher;
 mod modifier;
 mod options;

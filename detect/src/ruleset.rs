@@ -12,6 +12,7 @@ use crate::document::parse_documents;
 use crate::embedded::TestFailure;
 use crate::error::{Location, RuleError};
 use crate::field::EventView;
+use crate::index::ActionIndex;
 use crate::rule::{from_document, Parsed, Rule, Unsupported};
 
 /// A compiled set of rules, in load order.
@@ -24,6 +25,8 @@ pub struct RuleSet {
     correlations: Vec<Correlation>,
     /// Action → indices of the rules whose category reads it, in load order.
     by_action: HashMap<EventAction, Vec<usize>>,
+    /// Action → the literal index of those rules; rebuilt after every load.
+    index: HashMap<EventAction, ActionIndex>,
 }
 
 impl RuleSet {
@@ -46,6 +49,7 @@ impl RuleSet {
             set.add_source(&text, &file.display().to_string())?;
         }
         set.resolve_correlations()?;
+        set.build_index();
         Ok(set)
     }
 
@@ -54,6 +58,7 @@ impl RuleSet {
         let mut set = RuleSet::default();
         set.add_source(source, origin)?;
         set.resolve_correlations()?;
+        set.build_index();
         Ok(set)
     }
 
@@ -86,6 +91,19 @@ impl RuleSet {
     }
 
     /// Correlations may refer to rules of any file, so they are resolved once all are read.
+    fn build_index(&mut self) {
+        self.index = self
+            .by_action
+            .iter()
+            .map(|(action, rules)| {
+                let detections = rules
+                    .iter()
+                    .filter_map(|&i| self.rules.get(i).map(|r| (i, r.detection())));
+                (*action, ActionIndex::build(detections))
+            })
+            .collect();
+    }
+
     fn resolve_correlations(&mut self) -> Result<(), RuleError> {
         let rules = &self.rules;
         for corr in &mut self.correlations {
@@ -129,16 +147,17 @@ impl RuleSet {
     /// or number formatting aside).
     pub fn matches_into<'a>(&'a self, event: &Event, out: &mut Vec<&'a Rule>) {
         // Only the rules of categories that read this action are looked at.
-        let Some(candidates) = self.by_action.get(&event.event.action) else {
+        let Some(index) = self.index.get(&event.event.action) else {
             return;
         };
         let view = EventView::new(event);
-        out.extend(
-            candidates
-                .iter()
-                .filter_map(|&i| self.rules.get(i))
-                .filter(|r| r.category().admits(event) && r.matches_view(&view)),
-        );
+        index.candidates(&view, |i| {
+            if let Some(rule) = self.rules.get(i) {
+                if rule.category().admits(event) && rule.matches_view(&view) {
+                    out.push(rule);
+                }
+            }
+        });
     }
 
     /// What the kernel must deliver for these rules, and which kills it can enforce at exec.
