@@ -2,11 +2,12 @@
 //! matched against enriched [`vigil_proto::Event`]s. Used by the sensor (matching), the
 //! collector and the CLI (`vigil rules check|test|list`).
 //!
-//! This first cut compiles Linux `process_creation` rules: selections (maps, lists of maps,
-//! keywords, nulls), the modifiers `contains`, `startswith`, `endswith`, `all`, `re` (with
-//! `i`/`m`/`s`), `cased`, `windash`, `exists`, `base64`, `base64offset`, `lt`/`lte`/`gt`/`gte`,
-//! Sigma wildcards, and full conditions. Rules for other log sources load as
-//! [`Unsupported`] and are skipped. Every problem is a [`RuleError`] pointing at
+//! Compiled: Linux rules of Sigma's `process_creation`, `file_*`, `network_connection` and
+//! `dns_query` categories and of Vigil's kernel categories ([`CATEGORIES`]), every Sigma
+//! modifier but UTF-16, `expand` and `fieldref`, full conditions, correlation rules
+//! ([`CorrelationEngine`]), the `vigil:` keys (action, dedup via [`Deduplicator`], output,
+//! tests) and the kernel pushdown ([`RuleSet::kernel_filter`]). Rules of other log sources
+//! load as [`Unsupported`] with a reason. Every problem is a [`RuleError`] pointing at
 //! `path:line:column`. Matching is pure: no I/O, no clock.
 
 pub mod bench;
