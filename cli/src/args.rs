@@ -193,6 +193,21 @@ pub enum RulesCommand {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Run the test cases embedded in rules (`vigil.tests`); exit status 1 on any failure
+    Test {
+        #[arg(required = true, value_name = "PATH")]
+        files: Vec<PathBuf>,
+    },
+    /// One line per rule: id, level, category, action, title
+    List {
+        #[arg(value_name = "PATH", default_value = "/etc/vigil/rules.d")]
+        files: Vec<PathBuf>,
+    },
+    /// Per rule: event kinds attached, paths pushed down to the kernel, where a kill runs
+    Explain {
+        #[arg(required = true, value_name = "PATH")]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 
 mod args;
 mod rules_check;
+mod rules_tools;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -45,9 +46,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         command,
     } = cli;
     match command {
-        Command::Rules {
-            command: RulesCommand::Check { files },
-        } => rules_check::check(&files),
+        Command::Rules { command } => match command {
+            RulesCommand::Check { files } => rules_check::check(&files),
+            RulesCommand::Test { files } => rules_tools::test(&files),
+            RulesCommand::List { files } => rules_tools::list(&files),
+            RulesCommand::Explain { files } => rules_tools::explain(&files),
+        },
         Command::Certs { command } => make_certs(command).map(|()| ExitCode::SUCCESS),
         Command::Alerts {
             since,

@@ -18,23 +18,23 @@ const KEYWORD_FIELD: Field = Field::CommandLine;
 
 #[derive(Debug)]
 pub(crate) struct Detection {
-    selections: Vec<Selection>,
-    condition: Expr,
+    pub(crate) selections: Vec<Selection>,
+    pub(crate) condition: Expr,
 }
 
 /// Matches when any alternative matches (a list of maps is an OR of maps).
 #[derive(Debug)]
-struct Selection {
-    alternatives: Vec<Vec<FieldTest>>,
+pub(crate) struct Selection {
+    pub(crate) alternatives: Vec<Vec<FieldTest>>,
 }
 
 /// One `Field|modifiers: values` entry. Each value is a set of matchers any of which may
 /// match (several only for `|base64offset`); values combine with OR, or AND under `|all`.
 #[derive(Debug)]
-struct FieldTest {
-    field: Field,
-    values: Vec<Vec<Matcher>>,
-    all: bool,
+pub(crate) struct FieldTest {
+    pub(crate) field: Field,
+    pub(crate) values: Vec<Vec<Matcher>>,
+    pub(crate) all: bool,
 }
 
 impl FieldTest {

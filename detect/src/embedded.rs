@@ -7,7 +7,8 @@ use std::fmt;
 
 use marked_yaml::Node;
 use vigil_proto::{
-    Event, EventAction, EventMeta, Host, ParentProcess, Process, Timestamp, UserRef,
+    Container, Dns, Endpoint, Event, EventAction, EventMeta, File, Host, Network, ParentProcess,
+    Process, Target, Timestamp, UserRef,
 };
 
 use crate::document::Positions;
@@ -73,80 +74,204 @@ pub enum SampleError {
     /// A numeric field (`ProcessId`, `ParentProcessId`, `LogonId`, numeric `User`) got text.
     #[error("`{field}` must be a number, not {value:?}")]
     NotANumber { field: String, value: String },
+    /// `event.action` names no [`EventAction`].
+    #[error("unknown event action {value:?}")]
+    UnknownAction { value: String },
 }
 
 /// Builds the exec event a set of Sigma fields describes, e.g. for `vigil rules test` or a
 /// rule's embedded cases. Fields not given are empty (and the parent absent unless a
 /// `Parent*` field is given).
 pub fn sample_exec_event(fields: &[(&str, &str)]) -> Result<Event, SampleError> {
+    sample_event(EventAction::Exec, fields)
+}
+
+/// Builds an event of kind `action` from Sigma (or ECS) field names and values. An
+/// `event.action` field overrides `action`. Sections (file, destination, dns...) exist only
+/// when one of their fields is given.
+pub fn sample_event(action: EventAction, fields: &[(&str, &str)]) -> Result<Event, SampleError> {
     let mut event = Event {
         timestamp: Timestamp::default(),
         event: EventMeta {
             kind: "event".into(),
-            action: EventAction::Exec,
+            action,
             sequence: 0,
             boot_ns: 0,
         },
         host: Host::default(),
         process: Process::default(),
         user: UserRef::default(),
-        audit_user: None,
-        container: None,
         ..Default::default()
     };
     for (name, value) in fields {
         let field =
             Field::from_name(name).map_err(|_| SampleError::UnknownField((*name).to_owned()))?;
-        let number = || {
-            value
-                .trim()
-                .parse::<u32>()
-                .map_err(|_| SampleError::NotANumber {
-                    field: (*name).to_owned(),
-                    value: (*value).to_owned(),
-                })
-        };
-        let process = &mut event.process;
-        match field {
-            Field::Image => {
-                process.executable = (*value).to_owned();
-                process.name = comm_of(value);
-            }
-            Field::CommandLine => {
-                process.command_line = (*value).to_owned();
-                process.args = value.split_whitespace().map(str::to_owned).collect();
-            }
-            Field::ParentImage => {
-                let parent = process.parent.get_or_insert_with(Default::default);
-                parent.executable = (*value).to_owned();
-                parent.name = comm_of(value);
-            }
-            Field::ParentCommandLine => {
-                let parent = process
-                    .parent
-                    .get_or_insert_with(Box::<ParentProcess>::default);
-                parent.command_line = (*value).to_owned();
-                parent.args = value.split_whitespace().map(str::to_owned).collect();
-            }
-            Field::ParentProcessId => {
-                let pid = number()?;
-                process.parent.get_or_insert_with(Default::default).pid = pid;
-            }
-            Field::User => match value.parse::<u32>() {
-                Ok(id) => process.user = UserRef { id, name: None },
-                Err(_) => process.user.name = Some((*value).to_owned()),
-            },
-            Field::CurrentDirectory => process.working_directory = Some((*value).to_owned()),
-            Field::ProcessId => process.pid = number()?,
-            Field::LogonId => {
-                event.audit_user = Some(UserRef {
-                    id: number()?,
-                    name: None,
-                })
-            }
-        }
+        set_field(&mut event, field, name, value)?;
     }
     Ok(event)
+}
+
+fn set_field(event: &mut Event, field: Field, name: &str, value: &str) -> Result<(), SampleError> {
+    let number = || {
+        value
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| SampleError::NotANumber {
+                field: name.to_owned(),
+                value: value.to_owned(),
+            })
+    };
+    let int = || {
+        value
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| SampleError::NotANumber {
+                field: name.to_owned(),
+                value: value.to_owned(),
+            })
+    };
+    let text = value.to_owned();
+    let process = &mut event.process;
+    match field {
+        Field::Image => {
+            process.executable = text;
+            process.name = comm_of(value);
+        }
+        Field::CommandLine => {
+            process.command_line = text;
+            process.args = value.split_whitespace().map(str::to_owned).collect();
+        }
+        Field::ParentImage => {
+            let parent = parent(process);
+            parent.executable = text;
+            parent.name = comm_of(value);
+        }
+        Field::ParentCommandLine => {
+            let parent = parent(process);
+            parent.command_line = text;
+            parent.args = value.split_whitespace().map(str::to_owned).collect();
+        }
+        Field::ParentProcessId => parent(process).pid = number()?,
+        Field::ParentName => parent(process).name = text,
+        Field::User => match value.parse::<u32>() {
+            Ok(id) => process.user = UserRef { id, name: None },
+            Err(_) => process.user.name = Some(text),
+        },
+        Field::UserId => process.user.id = number()?,
+        Field::RealUser => event.user.name = Some(text),
+        Field::CurrentDirectory => process.working_directory = Some(text),
+        Field::ProcessId => process.pid = number()?,
+        Field::ProcessName => process.name = text,
+        Field::LogonId => {
+            event.audit_user = Some(UserRef {
+                id: number()?,
+                name: None,
+            })
+        }
+        Field::ContainerId => event.container = Some(Container { id: text }),
+        Field::Action => {
+            event.event.action = action_named(value).ok_or_else(|| SampleError::UnknownAction {
+                value: text.clone(),
+            })?
+        }
+        Field::TargetFilename | Field::FilePath => file(event).path = text,
+        Field::FileTargetPath => file(event).target_path = Some(text),
+        Field::FileMode => file(event).mode = Some(text),
+        Field::FileFlags => {
+            file(event).flags = value
+                .split(',')
+                .map(|f| f.trim().to_owned())
+                .filter(|f| !f.is_empty())
+                .collect()
+        }
+        Field::DestinationIp => endpoint(&mut event.destination).ip = text,
+        Field::DestinationPort => endpoint(&mut event.destination).port = port(name, value)?,
+        Field::DestinationHostname => endpoint(&mut event.destination).domain = Some(text),
+        Field::SourceIp => endpoint(&mut event.source).ip = text,
+        Field::SourcePort => endpoint(&mut event.source).port = port(name, value)?,
+        Field::Initiated => {
+            // Derived from the action when matching; a case sets it by choosing the action.
+            event.event.action = if value.eq_ignore_ascii_case("true") {
+                EventAction::Connect
+            } else {
+                EventAction::Accept
+            };
+        }
+        Field::Protocol => network(event).transport = text,
+        Field::NetworkDirection => network(event).direction = text,
+        Field::NetworkType => network(event).kind = text,
+        Field::QueryName => dns(event).question.name = text,
+        Field::QueryType => dns(event).question.kind = text,
+        Field::QueryResults => {
+            dns(event).resolved_ip = value.split(';').map(|s| s.trim().to_owned()).collect()
+        }
+        Field::TargetImage => target(event).executable = Some(text),
+        Field::TargetProcessId => target(event).pid = number()?,
+        Field::Signal => {
+            let signal = i32::try_from(int()?).map_err(|_| SampleError::NotANumber {
+                field: name.to_owned(),
+                value: text.clone(),
+            })?;
+            target(event).signal = Some(signal);
+        }
+        Field::PtraceRequest => target(event).ptrace_request = Some(int()?),
+        Field::ErrorCode => {
+            let code = i32::try_from(int()?).map_err(|_| SampleError::NotANumber {
+                field: name.to_owned(),
+                value: text.clone(),
+            })?;
+            event.error.get_or_insert_with(Default::default).code = code;
+        }
+        Field::ErrorMessage => event.error.get_or_insert_with(Default::default).message = text,
+        Field::Detail(key) => {
+            event.details.insert(key.to_owned(), text);
+        }
+    }
+    Ok(())
+}
+
+fn parent(process: &mut Process) -> &mut ParentProcess {
+    process
+        .parent
+        .get_or_insert_with(Box::<ParentProcess>::default)
+}
+
+fn file(event: &mut Event) -> &mut File {
+    event.file.get_or_insert_with(Default::default)
+}
+
+fn endpoint(slot: &mut Option<Endpoint>) -> &mut Endpoint {
+    slot.get_or_insert_with(Default::default)
+}
+
+fn network(event: &mut Event) -> &mut Network {
+    event.network.get_or_insert_with(Default::default)
+}
+
+fn dns(event: &mut Event) -> &mut Dns {
+    event.dns.get_or_insert_with(Default::default)
+}
+
+fn target(event: &mut Event) -> &mut Target {
+    event.target.get_or_insert_with(Default::default)
+}
+
+fn port(name: &str, value: &str) -> Result<u16, SampleError> {
+    value
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| SampleError::NotANumber {
+            field: name.to_owned(),
+            value: value.to_owned(),
+        })
+}
+
+/// The [`EventAction`] whose serialized name is `name` (`exec`, `dns_query`, ...).
+pub(crate) fn action_named(name: &str) -> Option<EventAction> {
+    crate::category::ALL_ACTIONS
+        .iter()
+        .copied()
+        .find(|a| a.as_str() == name)
 }
 
 /// The kernel's `comm` for an executable path: its base name cut to 15 bytes.
@@ -159,8 +284,13 @@ fn comm_of(path: &str) -> String {
     base[..end].to_owned()
 }
 
-/// Parses the `vigil:` map of a rule; only `tests` is read today.
-pub(crate) fn parse_vigil(node: &Node, pos: &Positions<'_>) -> Result<Vec<TestCase>, RuleError> {
+/// Parses `vigil.tests` of a rule; each case becomes an event of `action` (the first action
+/// of the rule's category) unless the case names `event.action`.
+pub(crate) fn parse_tests(
+    node: &Node,
+    action: EventAction,
+    pos: &Positions<'_>,
+) -> Result<Vec<TestCase>, RuleError> {
     let Some(map) = node.as_mapping() else {
         return Err(RuleError::invalid(
             pos.at(node),
@@ -198,7 +328,7 @@ pub(crate) fn parse_vigil(node: &Node, pos: &Positions<'_>) -> Result<Vec<TestCa
             ));
         };
         for item in items.iter() {
-            cases.push(parse_case(item, expects_match, pos)?);
+            cases.push(parse_case(item, expects_match, action, pos)?);
         }
     }
     Ok(cases)
@@ -207,6 +337,7 @@ pub(crate) fn parse_vigil(node: &Node, pos: &Positions<'_>) -> Result<Vec<TestCa
 fn parse_case(
     item: &Node,
     expects_match: bool,
+    action: EventAction,
     pos: &Positions<'_>,
 ) -> Result<TestCase, RuleError> {
     let location = pos.at(item);
@@ -237,7 +368,7 @@ fn parse_case(
         }
         fields.push((key.as_str(), value.as_str()));
     }
-    let event = sample_exec_event(&fields)
+    let event = sample_event(action, &fields)
         .map_err(|e| RuleError::invalid(location.clone(), e.to_string()))?;
     Ok(TestCase {
         expects_match,

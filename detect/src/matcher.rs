@@ -3,6 +3,9 @@
 //! operations on the lower-cased field; anything with inner wildcards or dash classes becomes
 //! an anchored regex so matching stays linear whatever the rule says.
 
+use std::borrow::Cow;
+use std::net::IpAddr;
+
 use regex::{Regex, RegexBuilder};
 
 use crate::field::{EventView, Field};
@@ -25,6 +28,63 @@ pub(crate) enum Matcher {
     Regex(Regex),
     /// `|lt` and friends: the field read as an integer.
     Number { compare: Compare, value: i64 },
+    /// `|cidr`: the field read as an IP address inside a network.
+    Cidr(Cidr),
+}
+
+/// An IPv4 or IPv6 network: address bits and prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a CIDR network"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: prefix length must be 0..={max}"))?,
+        };
+        Ok(Cidr { network, prefix })
+    }
+
+    pub fn contains(&self, text: &str) -> bool {
+        // NB: an IPv4-mapped IPv6 address (::ffff:10.0.0.1, what a dual-stack socket reports)
+        // is compared as the IPv4 address it carries.
+        let Ok(ip) = text.trim().parse::<IpAddr>() else {
+            return false;
+        };
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let prefix = u32::from(self.prefix);
+        match (ip, self.network) {
+            (IpAddr::V4(ip), IpAddr::V4(net)) => {
+                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net) & mask
+            }
+            (IpAddr::V6(ip), IpAddr::V6(net)) => {
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                u128::from(ip) & mask == u128::from(net) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,12 +113,12 @@ impl Matcher {
             Matcher::Exists(want) => view.raw(field).is_some_and(|v| !v.is_empty()) == *want,
             Matcher::Text { op, needle, cased } => {
                 let haystack = if *cased {
-                    view.raw(field)
+                    view.raw(field).map(Cow::Borrowed)
                 } else {
                     view.lower(field)
                 };
                 haystack.is_some_and(|h| match op {
-                    TextOp::Equals => h == needle,
+                    TextOp::Equals => h.as_ref() == needle.as_str(),
                     TextOp::Contains => h.contains(needle.as_str()),
                     TextOp::StartsWith => h.starts_with(needle.as_str()),
                     TextOp::EndsWith => h.ends_with(needle.as_str()),
@@ -75,6 +135,7 @@ impl Matcher {
                     Compare::GreaterOrEqual => n >= *value,
                     _ => false,
                 }),
+            Matcher::Cidr(cidr) => view.raw(field).is_some_and(|h| cidr.contains(h)),
         }
     }
 }
@@ -120,6 +181,9 @@ pub(crate) fn compile(value: Option<&str>, m: &Modifiers) -> Result<Vec<Matcher>
                 pattern: value.to_owned(),
                 source,
             }),
+        Compare::Cidr => Cidr::parse(value)
+            .map(|c| vec![Matcher::Cidr(c)])
+            .map_err(ValueError::Invalid),
         _ if m.is_numeric() => match value.trim().parse::<i64>() {
             Ok(n) => Ok(vec![Matcher::Number {
                 compare: m.compare,
@@ -314,6 +378,31 @@ fn trim_runs(tokens: &[Token]) -> &[Token] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_contains_follows_prefix_bits() {
+        let cases = [
+            ("10.0.0.0/8", "10.255.1.2", true),
+            ("10.0.0.0/8", "11.0.0.1", false),
+            ("192.168.1.0/24", "192.168.1.77", true),
+            ("192.168.1.0/24", "192.168.2.1", false),
+            ("0.0.0.0/0", "8.8.8.8", true),
+            ("127.0.0.1", "127.0.0.1", true),
+            ("127.0.0.1/32", "127.0.0.2", false),
+            ("10.0.0.0/8", "::ffff:10.1.2.3", true),
+            ("fe80::/10", "fe80::1", true),
+            ("fe80::/10", "fec0::1", false),
+            ("::1/128", "::1", true),
+            ("10.0.0.0/8", "fe80::1", false),
+            ("10.0.0.0/8", "not an ip", false),
+        ];
+        for (net, ip, want) in cases {
+            let cidr = Cidr::parse(net).unwrap_or_else(|e| panic!("{net}: {e}"));
+            assert_eq!(cidr.contains(ip), want, "{ip} in {net}");
+        }
+        assert!(Cidr::parse("10.0.0.0/33").is_err(), "prefix too long");
+        assert!(Cidr::parse("10.0.0/8").is_err(), "bad address");
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

@@ -19,6 +19,8 @@ pub(crate) enum Compare {
     LessOrEqual,
     Greater,
     GreaterOrEqual,
+    /// `|cidr`: the field is an IP address inside the given network.
+    Cidr,
 }
 
 /// Turns a value into its encoded forms before comparing.
@@ -102,6 +104,7 @@ impl Modifiers {
                 "lte" => Some(Compare::LessOrEqual),
                 "gt" => Some(Compare::Greater),
                 "gte" => Some(Compare::GreaterOrEqual),
+                "cidr" => Some(Compare::Cidr),
                 _ => None,
             };
             if let Some(compare) = compare {
@@ -139,8 +142,10 @@ impl Modifiers {
 
     fn check(&self) -> Result<(), ModifierError> {
         let conflict = |s: &str| Err(ModifierError::Conflict(s.to_owned()));
-        let wildcard_free =
-            matches!(self.compare, Compare::Regex | Compare::Exists) || self.is_numeric();
+        let wildcard_free = matches!(
+            self.compare,
+            Compare::Regex | Compare::Exists | Compare::Cidr
+        ) || self.is_numeric();
         if wildcard_free && (self.windash || self.encoding.is_some()) {
             return conflict("`windash` and `base64` apply to text comparisons only");
         }
@@ -163,7 +168,6 @@ impl Modifiers {
 
 fn unknown_or_unsupported(name: &str) -> ModifierError {
     let why = match name {
-        "cidr" => "`cidr` (no network fields in process_creation)",
         "wide" | "utf16" | "utf16le" | "utf16be" => "UTF-16 encodings (Windows-only)",
         "expand" => "`expand` placeholders",
         "fieldref" => "`fieldref` (comparing two fields)",
@@ -205,7 +209,7 @@ mod tests {
         let (i, err) = Modifiers::parse(&["startswith", "endswith"]).expect_err("conflict");
         assert_eq!(i, 1);
         assert!(matches!(err, ModifierError::Conflict(_)), "{err:?}");
-        let (_, err) = Modifiers::parse(&["cidr"]).expect_err("cidr is unsupported");
+        let (_, err) = Modifiers::parse(&["expand"]).expect_err("expand is unsupported");
         assert!(matches!(err, ModifierError::Unsupported(_)), "{err:?}");
         let (_, err) = Modifiers::parse(&["i"]).expect_err("i needs re");
         assert!(matches!(err, ModifierError::Conflict(_)), "{err:?}");

@@ -6,13 +6,16 @@ use std::path::Path;
 
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::Node;
-use vigil_proto::{Event, EventAction, Level, RuleInfo};
+use vigil_proto::{Event, Level, RuleInfo};
 
+use crate::category::Category;
+use crate::correlation::Correlation;
 use crate::detection::Detection;
 use crate::document::{Document, Positions};
 use crate::embedded::{self, TestCase};
 use crate::error::{Location, RuleError};
 use crate::field::EventView;
+use crate::options::{self, RuleOptions};
 
 /// Sigma's `logsource`: which kind of log a rule reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,17 +26,25 @@ pub struct LogSource {
 }
 
 impl LogSource {
-    /// What this engine compiles today: Linux (or unspecified product) process creation.
-    fn is_supported(&self) -> bool {
-        let product_ok = self
-            .product
-            .as_deref()
-            .is_none_or(|p| p.eq_ignore_ascii_case("linux"));
-        let category_ok = self
-            .category
-            .as_deref()
-            .is_some_and(|c| c.eq_ignore_ascii_case("process_creation"));
-        product_ok && category_ok
+    /// The category this engine compiles the log source as, or why it cannot.
+    fn resolve(&self) -> Result<&'static Category, String> {
+        if let Some(product) = self.product.as_deref() {
+            if !product.eq_ignore_ascii_case("linux") {
+                return Err(format!("product `{product}` (Vigil reads Linux hosts)"));
+            }
+        }
+        match (self.category.as_deref(), self.service.as_deref()) {
+            (Some(category), _) => Category::named(category).ok_or_else(|| {
+                format!("category `{category}` has no Vigil event source")
+            }),
+            (None, Some(service)) => Err(format!(
+                "service `{service}` (a log file or audit stream; Vigil reads the kernel directly)"
+            )),
+            (None, None) => Err(
+                "product-only log source: keyword searches over system logs, which Vigil does not read"
+                    .into(),
+            ),
+        }
     }
 }
 
@@ -67,7 +78,11 @@ pub struct Rule {
     status: Option<String>,
     logsource: LogSource,
     falsepositives: Vec<String>,
+    /// Sigma's `name`: how correlation rules may refer to this rule besides its id.
+    name: Option<String>,
+    category: &'static Category,
     detection: Detection,
+    options: RuleOptions,
     tests: Vec<TestCase>,
 }
 
@@ -99,6 +114,35 @@ impl Rule {
         &self.falsepositives
     }
 
+    /// Sigma's optional `name`, used by correlation rules to refer to this rule.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The compiled log-source category: which event actions the rule reads.
+    pub fn category(&self) -> &'static Category {
+        self.category
+    }
+
+    /// The Vigil keys: action, dedup, output template.
+    pub fn options(&self) -> &RuleOptions {
+        &self.options
+    }
+
+    /// The alert text from `vigil.output`, or `None` when the rule has no template.
+    pub fn render_output(&self, event: &Event) -> Option<String> {
+        self.options.output.as_ref().map(|t| t.render(event))
+    }
+
+    pub(crate) fn detection(&self) -> &Detection {
+        &self.detection
+    }
+
+    /// What of this rule the kernel can evaluate (see [`crate::RuleSet::kernel_filter`]).
+    pub fn pushdown(&self) -> crate::RulePushdown {
+        crate::pushdown::analyse(self)
+    }
+
     /// The rule's own test cases (`vigil.tests`).
     pub fn test_cases(&self) -> &[TestCase] {
         &self.tests
@@ -106,7 +150,7 @@ impl Rule {
 
     /// Whether the rule fires on `event`. Pure.
     pub fn matches(&self, event: &Event) -> bool {
-        event.event.action == EventAction::Exec && self.detection.matches(&EventView::new(event))
+        self.category.admits(event) && self.detection.matches(&EventView::new(event))
     }
 
     pub(crate) fn matches_view(&self, view: &EventView<'_>) -> bool {
@@ -129,6 +173,7 @@ pub struct Unsupported {
 
 pub(crate) enum Parsed {
     Rule(Box<Rule>),
+    Correlation(Box<Correlation>),
     Unsupported(Unsupported),
 }
 
@@ -167,9 +212,6 @@ pub(crate) fn from_document(doc: &Document<'_>) -> Result<Parsed, RuleError> {
         }))
     };
     // Valid Sigma documents of kinds this engine does not run: skipped, not errors.
-    if map.contains_key("correlation") {
-        return skip("Sigma correlation rule");
-    }
     if map.contains_key("filter") && !map.contains_key("detection") {
         return skip("Sigma filter document");
     }
@@ -177,19 +219,35 @@ pub(crate) fn from_document(doc: &Document<'_>) -> Result<Parsed, RuleError> {
         Some((key, node)) => level(key, node, pos)?,
         None => Level::Medium,
     };
+    if let Some(node) = map.get_node("correlation") {
+        let info = RuleInfo {
+            id,
+            title,
+            level,
+            tags: optional_list(map, "tags", pos)?,
+            description: optional_text(map, "description", pos)?,
+            author: optional_text(map, "author", pos)?,
+        };
+        let corr = crate::correlation::parse(node, info, root_at, pos)?;
+        return Ok(Parsed::Correlation(Box::new(corr)));
+    }
     let Some((detection_key, detection)) = entry(map, "detection") else {
         return Err(RuleError::invalid(root_at, "missing `detection`"));
     };
     if map.get_node("logsource").is_none() {
         return Err(RuleError::invalid(root_at, "missing `logsource`"));
     }
-    if !logsource.is_supported() {
-        return skip("only process_creation rules for Linux are compiled");
-    }
+    let category = match logsource.resolve() {
+        Ok(category) => category,
+        Err(why) => return skip(&why),
+    };
     let detection = Detection::compile(detection, pos.at_scalar(detection_key), pos)?;
-    let tests = match map.get_node("vigil") {
-        Some(node) => embedded::parse_vigil(node, pos)?,
-        None => Vec::new(),
+    let (options, tests) = match map.get_node("vigil") {
+        Some(node) => (
+            options::parse(node, pos)?,
+            embedded::parse_tests(node, category.actions[0], pos)?,
+        ),
+        None => (RuleOptions::default(), Vec::new()),
     };
     let info = RuleInfo {
         id,
@@ -206,7 +264,10 @@ pub(crate) fn from_document(doc: &Document<'_>) -> Result<Parsed, RuleError> {
         status: optional_text(map, "status", pos)?,
         logsource,
         falsepositives: optional_list(map, "falsepositives", pos)?,
+        name: optional_text(map, "name", pos)?,
+        category,
         detection,
+        options,
         tests,
     })))
 }

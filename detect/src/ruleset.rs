@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 
 use vigil_proto::{Event, EventAction};
 
+use crate::correlation::Correlation;
 use crate::document::parse_documents;
 use crate::embedded::TestFailure;
 use crate::error::{Location, RuleError};
 use crate::field::EventView;
+use crate::index::ActionIndex;
 use crate::rule::{from_document, Parsed, Rule, Unsupported};
 
 /// A compiled set of rules, in load order.
@@ -20,6 +22,11 @@ pub struct RuleSet {
     unsupported: Vec<Unsupported>,
     /// Rule id → where it was first defined, to reject duplicates across files.
     ids: HashMap<String, Location>,
+    correlations: Vec<Correlation>,
+    /// Action → indices of the rules whose category reads it, in load order.
+    by_action: HashMap<EventAction, Vec<usize>>,
+    /// Action → the literal index of those rules; rebuilt after every load.
+    index: HashMap<EventAction, ActionIndex>,
 }
 
 impl RuleSet {
@@ -41,6 +48,8 @@ impl RuleSet {
             })?;
             set.add_source(&text, &file.display().to_string())?;
         }
+        set.resolve_correlations()?;
+        set.build_index();
         Ok(set)
     }
 
@@ -48,6 +57,8 @@ impl RuleSet {
     pub fn parse(source: &str, origin: &str) -> Result<RuleSet, RuleError> {
         let mut set = RuleSet::default();
         set.add_source(source, origin)?;
+        set.resolve_correlations()?;
+        set.build_index();
         Ok(set)
     }
 
@@ -64,12 +75,46 @@ impl RuleSet {
                         });
                     }
                     self.ids.insert(id.clone(), rule.location().clone());
+                    for action in rule.category().actions {
+                        self.by_action
+                            .entry(*action)
+                            .or_default()
+                            .push(self.rules.len());
+                    }
                     self.rules.push(*rule);
                 }
+                Parsed::Correlation(corr) => self.correlations.push(*corr),
                 Parsed::Unsupported(skipped) => self.unsupported.push(skipped),
             }
         }
         Ok(())
+    }
+
+    /// Correlations may refer to rules of any file, so they are resolved once all are read.
+    fn build_index(&mut self) {
+        self.index = self
+            .by_action
+            .iter()
+            .map(|(action, rules)| {
+                let detections = rules
+                    .iter()
+                    .filter_map(|&i| self.rules.get(i).map(|r| (i, r.detection())));
+                (*action, ActionIndex::build(detections))
+            })
+            .collect();
+    }
+
+    fn resolve_correlations(&mut self) -> Result<(), RuleError> {
+        let rules = &self.rules;
+        for corr in &mut self.correlations {
+            corr.resolve(rules.iter())?;
+        }
+        Ok(())
+    }
+
+    /// Compiled correlation rules; feed them to a [`crate::CorrelationEngine`].
+    pub fn correlations(&self) -> &[Correlation] {
+        &self.correlations
     }
 
     /// Compiled, matchable rules.
@@ -92,16 +137,32 @@ impl RuleSet {
 
     /// Rules matching the event, in load order. Pure: no I/O, no clock.
     pub fn matches<'a>(&'a self, event: &Event) -> Vec<&'a Rule> {
-        // Every compiled rule is a process_creation rule, and only exec creates a process
-        // image (fork copies one; exit ends one).
-        if event.event.action != EventAction::Exec {
-            return Vec::new();
-        }
+        let mut out = Vec::new();
+        self.matches_into(event, &mut out);
+        out
+    }
+
+    /// Like [`RuleSet::matches`], appending to `out` so a caller that reuses its buffer
+    /// allocates nothing per event on the match path (field values that need lower-casing
+    /// or number formatting aside).
+    pub fn matches_into<'a>(&'a self, event: &Event, out: &mut Vec<&'a Rule>) {
+        // Only the rules of categories that read this action are looked at.
+        let Some(index) = self.index.get(&event.event.action) else {
+            return;
+        };
         let view = EventView::new(event);
-        self.rules
-            .iter()
-            .filter(|r| r.matches_view(&view))
-            .collect()
+        index.candidates(&view, |i| {
+            if let Some(rule) = self.rules.get(i) {
+                if rule.category().admits(event) && rule.matches_view(&view) {
+                    out.push(rule);
+                }
+            }
+        });
+    }
+
+    /// What the kernel must deliver for these rules, and which kills it can enforce at exec.
+    pub fn kernel_filter(&self) -> crate::KernelFilter {
+        crate::pushdown::build(self.rules.iter())
     }
 
     /// Runs every rule's `vigil.tests` cases against that rule alone.

