@@ -242,6 +242,9 @@ pub mod spec_flags {
     pub const ADDR_AT_EXIT: u32 = 4;
     pub const FILTER_MASK: u32 = 8;
     pub const FILTER_EQ: u32 = 16;
+    /// Fill the header (credentials) at syscall entry: for credential changes, the record
+    /// then says who the process was, and its arguments what it asked to become.
+    pub const HEADER_AT_ENTER: u32 = 32;
 }
 
 #[cfg(feature = "user")]

@@ -150,6 +150,13 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
             read_sockaddr(record, ptr, len);
         }
     }
+    if spec.flags & spec_flags::HEADER_AT_ENTER != 0 {
+        // SAFETY: the helper has no preconditions.
+        let task = Task::from_ptr(unsafe { bpf_get_current_task() } as *const u8);
+        if !fill_header(&mut pending.record.header, spec.kind, 0, task) {
+            bump(&FAULTS, spec.kind);
+        }
+    }
     let tid = pid_tgid as u32;
     PENDING.insert(&tid, pending, 0).ok()
 }
@@ -247,7 +254,9 @@ fn complete(tid: u32, ret: i64) -> Option<()> {
     let len0 = pending.record.str_len[0] as usize & (SYSCALL_STR_CAP - 1 + SYSCALL_STR_CAP);
     let len1 = pending.record.str_len[1] as usize & (SYSCALL_STR_CAP * 2 - 1);
     let size = core::mem::size_of::<SyscallRecord>() + len0 + len1;
-    if !fill_header(&mut pending.record.header, spec.kind, size as u32, task) {
+    if spec.flags & spec_flags::HEADER_AT_ENTER != 0 {
+        pending.record.header.size = size as u32;
+    } else if !fill_header(&mut pending.record.header, spec.kind, size as u32, task) {
         bump(&FAULTS, spec.kind);
     }
     if size > core::mem::size_of::<Pending>() {

@@ -241,6 +241,17 @@ pub fn describe(event: &SyscallEvent, paths: &dyn PathResolver) -> Option<Descri
                         .insert(format!("{prefix}.{which}"), id.to_string());
                 }
             }
+            // The id the process switches to, as rules ask for it: the effective one where the
+            // call sets several, else the only one.
+            let becomes = if names.len() == 1 || args[1] as u32 == u32::MAX {
+                args[0] as u32
+            } else {
+                args[1] as u32
+            };
+            if becomes != u32::MAX {
+                d.details
+                    .insert(format!("new_{prefix}"), becomes.to_string());
+            }
         }
         kind::CAPSET => d.action = EventAction::Capset,
         kind::PTRACE => {
@@ -342,8 +353,7 @@ pub fn describe(event: &SyscallEvent, paths: &dyn PathResolver) -> Option<Descri
                 .insert("memory.address".into(), format!("{:#x}", args[0]));
             d.details
                 .insert("memory.length".into(), args[1].to_string());
-            d.details
-                .insert("memory.protection".into(), protection(args[2]));
+            d.details.insert("prot".into(), protection(args[2]));
         }
         _ => return None,
     }
@@ -586,6 +596,7 @@ mod tests {
             d.details.get("uid.effective").map(String::as_str),
             Some("0")
         );
+        assert_eq!(d.details.get("new_uid").map(String::as_str), Some("0"));
         assert!(!d.details.contains_key("uid.real"));
     }
 

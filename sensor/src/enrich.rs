@@ -290,7 +290,12 @@ impl<V: SystemView> Enricher<V> {
                 .get(&pid)
                 .and_then(|p| p.working_directory.clone())
         });
-        let executable = if filename.starts_with('/') {
+        // execveat(fd, "", AT_EMPTY_PATH) reports /dev/fd/N: the kernel's link names the
+        // image itself ("/memfd:name (deleted)" for fileless execution).
+        let via_fd = filename.starts_with("/dev/fd/") || filename.starts_with("/proc/self/fd/");
+        let executable = if via_fd {
+            self.view.executable(pid).unwrap_or(filename)
+        } else if filename.starts_with('/') {
             filename
         } else {
             // A relative exec path: the kernel's own answer if the process still runs, else

@@ -39,7 +39,7 @@ pub const MAX_HASH_BYTES: u64 = 256 * 1024 * 1024;
 /// Requests go to the worker, answers come back tagged with the caller's token.
 pub struct Hasher {
     cache: HashMap<FileKey, String>,
-    requests: mpsc::SyncSender<(u64, FileKey, PathBuf)>,
+    requests: mpsc::SyncSender<(u64, FileKey, Vec<PathBuf>)>,
     answers: tokio::sync::mpsc::UnboundedReceiver<(u64, FileKey, Option<String>)>,
 }
 
@@ -53,13 +53,15 @@ pub enum Lookup {
 
 impl Hasher {
     pub fn start() -> Self {
-        let (requests, work) = mpsc::sync_channel::<(u64, FileKey, PathBuf)>(1024);
+        let (requests, work) = mpsc::sync_channel::<(u64, FileKey, Vec<PathBuf>)>(1024);
         let (answer_tx, answers) = tokio::sync::mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("vigil-hash".into())
             .spawn(move || {
-                for (token, key, path) in work {
-                    let digest = hash_file(&path);
+                for (token, key, candidates) in work {
+                    // The process may be gone by now (its /proc link with it): any candidate
+                    // that is still the same file will do.
+                    let digest = candidates.iter().find_map(|path| hash_file(path, key));
                     if answer_tx.send((token, key, digest)).is_err() {
                         return;
                     }
@@ -78,10 +80,7 @@ impl Hasher {
 
     /// Looks the first readable of `candidates` up by identity; queues it for hashing on a miss.
     pub fn lookup(&mut self, token: u64, candidates: &[PathBuf]) -> Lookup {
-        let Some((path, metadata)) = candidates
-            .iter()
-            .find_map(|p| std::fs::metadata(p).ok().map(|m| (p.clone(), m)))
-        else {
+        let Some(metadata) = candidates.iter().find_map(|p| std::fs::metadata(p).ok()) else {
             return Lookup::Unavailable;
         };
         if !metadata.is_file() || metadata.size() > MAX_HASH_BYTES {
@@ -91,7 +90,7 @@ impl Hasher {
         if let Some(hash) = self.cache.get(&key) {
             return Lookup::Hit(hash.clone());
         }
-        match self.requests.try_send((token, key, path)) {
+        match self.requests.try_send((token, key, candidates.to_vec())) {
             Ok(()) => Lookup::Pending,
             Err(_) => Lookup::Unavailable,
         }
@@ -110,8 +109,12 @@ impl Hasher {
     }
 }
 
-fn hash_file(path: &PathBuf) -> Option<String> {
+/// Hashes `path` if it still is the file identified by `key`.
+fn hash_file(path: &PathBuf, key: FileKey) -> Option<String> {
     let mut file = std::fs::File::open(path).ok()?;
+    if FileKey::of(&file.metadata().ok()?) != key {
+        return None;
+    }
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::mpsc;
 use vigil_detect::RuleSet;
-use vigil_proto::{Alert, Event};
+use vigil_proto::{Alert, Event, EventAction};
 
 use crate::capture::{Capture, CaptureOptions, KernelCounters};
 use crate::config::{Output, SensorConfig};

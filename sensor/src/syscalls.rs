@@ -28,6 +28,8 @@ const fn spec(kind: u32, flags: u32, str_args: [u8; 2]) -> SyscallSpec {
 
 const FILE: u32 = spec_flags::PREFIX_FILTER;
 const CRIT: u32 = spec_flags::CRITICAL;
+/// Credential changes: the header says who the process was before.
+const CRED: u32 = spec_flags::CRITICAL | spec_flags::HEADER_AT_ENTER;
 
 const fn with_addr(mut s: SyscallSpec, addr_arg: u8, len_arg: u8) -> SyscallSpec {
     s.addr_arg = addr_arg;
@@ -119,15 +121,15 @@ pub fn table() -> Vec<Captured> {
             ),
         ),
         // Privilege.
-        c("setuid", SYS_setuid, spec(kind::SETUID, CRIT, [0, 0])),
-        c("setreuid", SYS_setreuid, spec(kind::SETUID, CRIT, [0, 0])),
-        c("setresuid", SYS_setresuid, spec(kind::SETUID, CRIT, [0, 0])),
-        c("setfsuid", SYS_setfsuid, spec(kind::SETUID, CRIT, [0, 0])),
-        c("setgid", SYS_setgid, spec(kind::SETGID, CRIT, [0, 0])),
-        c("setregid", SYS_setregid, spec(kind::SETGID, CRIT, [0, 0])),
-        c("setresgid", SYS_setresgid, spec(kind::SETGID, CRIT, [0, 0])),
-        c("setfsgid", SYS_setfsgid, spec(kind::SETGID, CRIT, [0, 0])),
-        c("capset", SYS_capset, spec(kind::CAPSET, CRIT, [0, 0])),
+        c("setuid", SYS_setuid, spec(kind::SETUID, CRED, [0, 0])),
+        c("setreuid", SYS_setreuid, spec(kind::SETUID, CRED, [0, 0])),
+        c("setresuid", SYS_setresuid, spec(kind::SETUID, CRED, [0, 0])),
+        c("setfsuid", SYS_setfsuid, spec(kind::SETUID, CRED, [0, 0])),
+        c("setgid", SYS_setgid, spec(kind::SETGID, CRED, [0, 0])),
+        c("setregid", SYS_setregid, spec(kind::SETGID, CRED, [0, 0])),
+        c("setresgid", SYS_setresgid, spec(kind::SETGID, CRED, [0, 0])),
+        c("setfsgid", SYS_setfsgid, spec(kind::SETGID, CRED, [0, 0])),
+        c("capset", SYS_capset, spec(kind::CAPSET, CRED, [0, 0])),
         // Process tampering.
         c("ptrace", SYS_ptrace, spec(kind::PTRACE, CRIT, [0, 0])),
         c(

@@ -127,8 +127,9 @@ fn setuid_in_a_child_is_a_credential_change() {
     let change = event_of(&sensor, pid, "set_uid");
     assert_eq!(change["details"]["uid.new"], "65534");
     assert_eq!(change["details"]["syscall"], "setuid");
-    // The record is completed at syscall exit: the process already runs as the new user.
-    assert_eq!(change["process"]["user"]["id"], 65534);
+    assert_eq!(change["details"]["new_uid"], "65534");
+    // Credentials are read at syscall entry: the record says who changed, the details into whom.
+    assert_eq!(change["process"]["user"]["id"], 0);
     assert!(change.get("error").is_none(), "{change}");
 }
 
@@ -243,7 +244,7 @@ fn mprotect_to_executable_anonymous_memory() {
     let sensor = sensor();
     let (pid, _) = act(&["mprotect-exec"]);
     let change = event_of(&sensor, pid, "exec_memory");
-    assert_eq!(change["details"]["memory.protection"], "r-x");
+    assert_eq!(change["details"]["prot"], "r-x");
     assert_eq!(change["details"]["memory.length"], "4096");
 }
 
