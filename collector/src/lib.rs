@@ -10,6 +10,7 @@
 //! binary calls [`run`].
 
 pub mod config;
+pub mod metrics;
 mod server;
 mod store;
 

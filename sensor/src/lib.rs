@@ -7,7 +7,9 @@
 pub mod capture;
 pub mod config;
 pub mod decode;
+pub mod doctor;
 pub mod enrich;
+pub mod metrics;
 pub mod offsets;
 pub mod procfs;
 pub mod ship;
@@ -25,6 +27,7 @@ use vigil_proto::{Alert, Event, EventAction};
 use crate::capture::{Capture, KernelCounters};
 use crate::config::{Output, SensorConfig};
 use crate::enrich::Enricher;
+use crate::metrics::SensorMetrics;
 use crate::ship::{CollectorTarget, Outgoing, ShipStats};
 
 /// Records taken from the ring buffer per wakeup before the loop checks its other duties.
@@ -44,12 +47,28 @@ pub fn load_rules(config: &SensorConfig) -> anyhow::Result<RuleSet> {
     Ok(rules)
 }
 
-/// Runs the sensor until `shutdown` completes, then detaches and flushes.
+/// Runs the sensor until `shutdown` completes, then detaches and flushes. SIGHUP reloads the
+/// rules from the configured paths; a set that fails to load is logged and the running one stays.
 pub async fn run(
     config: SensorConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let rules = load_rules(&config)?;
+    let mut rules = load_rules(&config)?;
+    let mut metrics = SensorMetrics::new()?;
+    metrics.rules_loaded(rules.len());
+    let metrics_endpoint = match &config.metrics {
+        Some(m) => {
+            let endpoint =
+                vigil_ops::metrics_endpoint::MetricsEndpoint::bind(m.listen, metrics.registry())
+                    .await?;
+            tracing::info!(listen = ?endpoint.local_addr(), "serving metrics at /metrics");
+            Some(endpoint.spawn())
+        }
+        None => None,
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: rule reload disabled"))
+        .ok();
     let ctx = procfs::host_context();
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
@@ -106,8 +125,12 @@ pub async fn run(
         let mut events: Vec<Event> = Vec::new();
         tokio::select! {
             () = &mut shutdown => break,
+            () = next_hangup(&mut hangup) => {
+                reload_rules(&config, &mut rules, &metrics);
+                continue;
+            }
             _ = tick.tick() => {
-                report_counters(&capture, &mut last_counters, &stats, &pipeline_drops);
+                report_counters(&capture, &mut last_counters, &stats, &pipeline_drops, &metrics);
                 continue;
             }
             drained = capture.drain(DRAIN_BUDGET, |bytes| match decode::decode(bytes) {
@@ -116,7 +139,11 @@ pub async fn run(
             }) => { drained.context("reading the ring buffer")?; }
         }
         for event in events {
+            metrics.event(event.event.action);
             let alerts = detect(&rules, &event);
+            for alert in &alerts {
+                metrics.rule_hit(&alert.rule.id);
+            }
             if config.output == Output::Stdout {
                 emit_json(&mut stdout, &event);
                 for alert in &alerts {
@@ -159,6 +186,9 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "shipping task failed"),
         }
     }
+    if let Some(endpoint) = metrics_endpoint {
+        endpoint.stop().await;
+    }
     Ok(())
 }
 
@@ -181,6 +211,41 @@ pub fn detect(rules: &RuleSet, event: &Event) -> Vec<Alert> {
         .collect()
 }
 
+/// Completes on the next SIGHUP; never, without a handler.
+async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
+    let Some(signal) = hangup else {
+        return std::future::pending().await;
+    };
+    if signal.recv().await.is_none() {
+        // The handler is gone; stop polling it rather than spin.
+        *hangup = None;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Swaps in the rules as the configured paths hold them now, or keeps the running set.
+fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetrics) {
+    match load_rules(config) {
+        Ok(fresh) => {
+            tracing::info!(
+                rules = fresh.len(),
+                previous = rules.len(),
+                "SIGHUP: rules reloaded"
+            );
+            *rules = fresh;
+            metrics.rules_loaded(rules.len());
+            metrics.rule_reload(true);
+        }
+        Err(e) => {
+            tracing::error!(
+                "SIGHUP: rule reload failed, keeping the {} running rules: {e:#}",
+                rules.len()
+            );
+            metrics.rule_reload(false);
+        }
+    }
+}
+
 fn emit_json<T: serde::Serialize>(out: &mut impl Write, value: &T) {
     // A closed stdout (the reader went away) must not stop the sensor.
     if serde_json::to_writer(&mut *out, value).is_ok() {
@@ -194,10 +259,12 @@ fn report_counters(
     last: &mut KernelCounters,
     stats: &ShipStats,
     pipeline_drops: &AtomicU64,
+    metrics: &SensorMetrics,
 ) {
     let now = capture.counters();
     for (kind, (&total, &before)) in now.lost.iter().zip(last.lost.iter()).enumerate() {
         if total > before {
+            metrics.dropped("kernel", "ringbuf_full", total - before);
             tracing::warn!(
                 kind,
                 lost = total - before,
@@ -212,9 +279,13 @@ fn report_counters(
         }
     }
     *last = now;
-    let dropped = pipeline_drops.swap(0, Ordering::Relaxed)
-        + stats.events_dropped.swap(0, Ordering::Relaxed)
+    let pipeline = pipeline_drops.swap(0, Ordering::Relaxed);
+    let shipping = stats.events_dropped.swap(0, Ordering::Relaxed)
         + stats.alerts_dropped.swap(0, Ordering::Relaxed);
+    metrics.dropped("pipeline", "queue_full", pipeline);
+    metrics.dropped("ship", "queue_full", shipping);
+    metrics.batches_acked(stats.batches_acked.load(Ordering::Relaxed));
+    let dropped = pipeline + shipping;
     if dropped > 0 {
         tracing::warn!(
             dropped,

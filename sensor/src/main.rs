@@ -38,15 +38,28 @@ struct Args {
     /// Exec hook: auto (BTF tracepoint, else the plain tracepoint), btf, or tracepoint.
     #[arg(long, value_enum)]
     exec_hook: Option<ExecHook>,
-    /// Check the configuration and rules, then exit.
+    /// Check the configuration (with its .conf.d drop-ins) and rules, then exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn build_config(args: Args) -> anyhow::Result<(SensorConfig, bool)> {
-    let mut config = match &args.config {
-        Some(path) => SensorConfig::load(path)?,
-        None => SensorConfig::default(),
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check this host and the configured collector: kernel, BTF, hooks, lockdown, cgroup v2,
+    /// clock, connectivity and certificates, with a verdict per line. Exits non-zero on a FAIL.
+    Doctor,
+}
+
+/// The merged config and the files it came from.
+fn build_config(args: Args) -> anyhow::Result<(SensorConfig, Vec<PathBuf>)> {
+    let (mut config, files) = match &args.config {
+        Some(path) => {
+            let layered = SensorConfig::load_layered(path)?;
+            (layered.value, layered.files)
+        }
+        None => (SensorConfig::default(), Vec::new()),
     };
     if !args.rules.is_empty() {
         config.rules = args.rules;
@@ -69,7 +82,7 @@ fn build_config(args: Args) -> anyhow::Result<(SensorConfig, bool)> {
             key,
         });
     }
-    Ok((config, args.check_config))
+    Ok((config, files))
 }
 
 #[tokio::main]
@@ -81,9 +94,18 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = async {
-        let (config, check_only) = build_config(Args::parse())?;
+        let args = Args::parse();
+        let check_only = args.check_config;
+        let doctor = matches!(args.command, Some(Command::Doctor));
+        let (config, files) = build_config(args)?;
+        if doctor {
+            return vigil_sensor::doctor::run(&config).await;
+        }
         if check_only {
             let rules = vigil_sensor::load_rules(&config)?;
+            for file in &files {
+                println!("read {}", file.display());
+            }
             println!("configuration ok: {} rules", rules.len());
             return Ok(());
         }
