@@ -2,8 +2,10 @@
 
 mod bootstrap;
 mod build;
+mod package;
 mod stack;
 mod test;
+mod tools;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,12 @@ enum Command {
     Run,
     /// Build, then run every test tier this machine supports.
     Test,
+    /// Build .deb packages (vigil-cli, vigil-sensor, vigil-collector) with cargo-deb.
+    Package {
+        /// Which build to package.
+        #[arg(long, value_enum, default_value = "release")]
+        profile: package::Profile,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build::all().map(|_| ()),
         Command::Run => stack::run(),
         Command::Test => test::run(),
+        Command::Package { profile } => package::build(profile).map(|_| ()),
     }
 }
