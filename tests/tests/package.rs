@@ -153,3 +153,51 @@ fn packages_install_into_a_scratch_root_with_files_conffiles_and_hardened_units(
         "vigil-collector.service exposure {collector} > {COLLECTOR_EXPOSURE_MAX}"
     );
 }
+
+/// The capabilities the packaged unit leaves the sensor are enough to attach and capture: the
+/// packaged binary runs with exactly the unit's bounding set (setpriv, as root) and reports a
+/// marked exec. (The syscall filter and namespaces need systemd as PID 1, which this tier lacks.)
+#[test]
+fn the_packaged_sensor_captures_with_only_the_units_capabilities() {
+    vigil_tests::require_root();
+    let root = scratch_root();
+    let r = root.path();
+    let unit = std::fs::read_to_string(r.join("usr/lib/systemd/system/vigil-sensor.service"))
+        .expect("read packaged unit");
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(!caps.is_empty(), "empty CapabilityBoundingSet in:\n{unit}");
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .arg(r.join("usr/bin/vigil-sensor"))
+        .arg("--rules")
+        .arg(r.join("usr/share/vigil/rules"))
+        .args(["--output", "stdout"])
+        .env("NO_COLOR", "1");
+    let mut sensor = vigil_tests::Proc::spawn("vigil-sensor (unit capabilities)", cmd);
+    sensor.wait_stderr("sensor running", std::time::Duration::from_secs(30));
+    let marker = vigil_tests::marker("caps");
+    let status = Command::new("/bin/sh")
+        .args(["-c", "exit 0", &marker])
+        .status()
+        .expect("run marked sh");
+    assert!(status.success());
+    let seen = vigil_tests::poll_until(std::time::Duration::from_secs(5), || {
+        sensor
+            .stdout_lines()
+            .iter()
+            .any(|l| l.contains(&marker))
+            .then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "the sensor with capabilities {caps:?} reported no exec of {marker}; stderr:\n{}",
+        sensor.stderr_text()
+    );
+    println!("sensor captured with only {caps:?}");
+}
