@@ -70,6 +70,11 @@ pub fn run() -> anyhow::Result<()> {
             "xtask: SKIPPED tier kernel/end-to-end: needs root (run `sudo cargo xtask test`)"
         );
     }
+    // NB: the VM tier is not in this suite yet: on Debian's 6.1 kernel the verifier rejects the
+    // exec programs ("R3 min value is negative"), which 6.18 accepts. It joins once they load.
+    eprintln!(
+        "xtask: SKIPPED tier vm (Debian 6.1 under QEMU): the exec programs do not yet pass the 6.1 verifier; run `cargo xtask vm-test` to see it"
+    );
     eprintln!("xtask: all tiers passed in {:.0?}", started.elapsed());
     Ok(())
 }
