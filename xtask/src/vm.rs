@@ -297,14 +297,14 @@ fn boot_and_test(vm: &Vm) -> anyhow::Result<()> {
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
-                if line.contains("init: success") {
+                if line.starts_with("init: success") {
                     verdict = Some(true);
-                } else if line.contains("init: failure") {
+                } else if line.starts_with("init: failure") {
                     verdict = Some(false);
                 }
                 if line.starts_with("vm:")
                     || line.starts_with("test ")
-                    || line.contains("init: ")
+                    || line.starts_with("init: ")
                     || line.starts_with("OK ")
                     || line.starts_with("WARN")
                     || line.starts_with("FAIL")
