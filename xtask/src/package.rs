@@ -49,21 +49,25 @@ pub fn build(profile: Profile) -> anyhow::Result<PathBuf> {
     let mut paths = vec![cargo_deb];
     paths.extend(std::env::split_paths(&path));
     for package in PACKAGES {
+        let mut deb = Command::new(cargo());
+        deb.arg("deb");
+        if profile == Profile::Dev {
+            // Test packages of debug binaries: full-strength xz would cost most of a minute.
+            deb.arg("--fast");
+        }
         exec(
-            Command::new(cargo())
-                .args([
-                    "deb",
-                    "--no-build",
-                    "--quiet",
-                    "--profile",
-                    profile_name,
-                    "-p",
-                    package,
-                    "--output",
-                ])
-                .arg(&out)
-                .current_dir(&root)
-                .env("PATH", std::env::join_paths(&paths)?),
+            deb.args([
+                "--no-build",
+                "--quiet",
+                "--profile",
+                profile_name,
+                "-p",
+                package,
+                "--output",
+            ])
+            .arg(&out)
+            .current_dir(&root)
+            .env("PATH", std::env::join_paths(&paths)?),
         )
         .with_context(|| format!("packaging {package}"))?;
     }
