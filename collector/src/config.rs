@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use vigil_ops::metrics_endpoint::MetricsConfig;
 use vigil_proto::transport::TlsFiles;
 
 /// Where the collector listens, stores and finds its certificates.
@@ -40,6 +41,62 @@ pub struct EnrollConfig {
 
 fn default_cert_validity_secs() -> u64 {
     24 * 3600
+}
+
+/// The file's shape: the server's settings plus the keys only the binary acts on (the scrape
+/// endpoint), kept apart so the server's [`CollectorConfig`] stays as its embedders know it.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct CollectorFile {
+    listen: SocketAddr,
+    database: PathBuf,
+    tls: TlsConfig,
+    revoked: Option<PathBuf>,
+    enroll: Option<EnrollConfig>,
+    /// The Prometheus scrape endpoint; absent means none.
+    metrics: Option<MetricsConfig>,
+}
+
+impl Default for CollectorFile {
+    fn default() -> Self {
+        let CollectorConfig {
+            listen,
+            database,
+            tls,
+            revoked,
+            enroll,
+        } = CollectorConfig::default();
+        Self {
+            listen,
+            database,
+            tls,
+            revoked,
+            enroll,
+            metrics: None,
+        }
+    }
+}
+
+impl CollectorFile {
+    /// The server's part of the file, and the scrape endpoint.
+    fn split(self) -> (CollectorConfig, Option<MetricsConfig>) {
+        let CollectorFile {
+            listen,
+            database,
+            tls,
+            revoked,
+            enroll,
+            metrics,
+        } = self;
+        let config = CollectorConfig {
+            listen,
+            database,
+            tls,
+            revoked,
+            enroll,
+        };
+        (config, metrics)
+    }
 }
 
 /// The collector's PEM files, as made by `vigil certs init` and `vigil certs issue --collector`.
@@ -110,95 +167,45 @@ pub enum ConfigError {
 }
 
 impl CollectorConfig {
-    /// Reads a YAML config file; keys it leaves out keep their defaults.
+    /// Reads a YAML config file merged with the drop-ins of its `.conf.d` directory
+    /// (`collector.yaml` → `collector.conf.d/*.yaml`, see [`vigil_ops::layered`]); keys left out
+    /// keep their defaults.
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse_yaml(&text).map_err(|e| {
-            let YamlProblem {
-                line,
-                column,
-                key,
-                message,
-            } = e;
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                column,
-                key,
-                message,
-            }
-        })
+        Self::from_yaml_file_with_metrics(path).map(|(config, _)| config)
     }
 
-    /// Parses YAML text (what [`Self::from_yaml_file`] reads); public for the fuzz target.
-    pub fn from_yaml_str(text: &str) -> Result<Self, YamlProblem> {
-        Self::parse_yaml(text)
-    }
-
-    fn parse_yaml(text: &str) -> Result<Self, YamlProblem> {
-        // NB: marked-yaml wants a mapping at the top; an empty (or all-comment) file is a valid
-        // config that keeps every default.
-        if text
-            .lines()
-            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-        {
-            return Ok(Self::default());
-        }
-        let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
-        marked_yaml::from_yaml_with_options(0, text, options).map_err(YamlProblem::from)
-    }
-}
-
-/// A YAML error with its position pulled out of whichever layer of marked-yaml raised it.
-#[derive(Debug)]
-pub struct YamlProblem {
-    pub line: usize,
-    pub column: usize,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl From<marked_yaml::FromYamlError> for YamlProblem {
-    fn from(e: marked_yaml::FromYamlError) -> Self {
-        match e {
-            marked_yaml::FromYamlError::ParseYaml(load) => {
-                // The loader's message already starts with the position; keep it whole but also
-                // lift the position out, so the error reads `file:line:col: message`.
-                let text = load.to_string();
-                let (line, column, message) = split_position(&text);
-                Self {
+    /// Like [`CollectorConfig::from_yaml_file`], also returning the `metrics` key.
+    pub fn from_yaml_file_with_metrics(
+        path: &Path,
+    ) -> Result<(Self, Option<MetricsConfig>), ConfigError> {
+        use vigil_ops::layered::LayeredError;
+        vigil_ops::layered::load::<CollectorFile>(path)
+            .map(|l| l.value.split())
+            .map_err(|e| match e {
+                LayeredError::Read { path, source } => ConfigError::Read { path, source },
+                LayeredError::Invalid {
+                    path,
                     line,
                     column,
-                    key: None,
+                    key,
                     message,
-                }
-            }
-            marked_yaml::FromYamlError::FromNode(node) => {
-                let mark = node.start_mark();
-                let key = node.path().filter(|p| !p.is_empty() && *p != ".");
-                Self {
-                    line: mark.map_or(0, |m| m.line()),
-                    column: mark.map_or(0, |m| m.column()),
-                    key: key.map(str::to_owned),
-                    message: (*node).to_string(),
-                }
-            }
-        }
+                } => ConfigError::Invalid {
+                    path,
+                    line,
+                    column,
+                    key,
+                    message,
+                },
+            })
     }
-}
 
-/// Splits a `line:column: message` prefix off a loader message, when it has one.
-fn split_position(text: &str) -> (usize, usize, String) {
-    let mut parts = text.splitn(3, ':');
-    if let (Some(l), Some(c), Some(rest)) = (parts.next(), parts.next(), parts.next()) {
-        if let (Ok(line), Ok(column)) = (l.trim().parse(), c.trim().parse()) {
-            return (line, column, rest.trim().to_owned());
-        }
+    /// One in-memory file (what [`Self::from_yaml_file`] reads, without drop-ins); public for
+    /// fuzzing the parser.
+    pub fn from_yaml_str(text: &str) -> Result<Self, vigil_ops::layered::LayeredError> {
+        let file: CollectorFile =
+            vigil_ops::layered::parse_layers(&[(PathBuf::from("config.yaml"), text.to_owned())])?;
+        Ok(file.split().0)
     }
-    (0, 0, text.to_owned())
 }
 
 #[cfg(test)]
@@ -213,6 +220,42 @@ mod tests {
             Ok(c) => panic!("{yaml:?} was accepted as {c:?}"),
             Err(e) => e.to_string().replace(&path.display().to_string(), "FILE"),
         }
+    }
+
+    #[test]
+    fn a_drop_in_overrides_and_its_errors_name_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let main = dir.path().join("collector.yaml");
+        std::fs::write(&main, "listen: 127.0.0.1:1\n").expect("write config");
+        let drop_ins = dir.path().join("collector.conf.d");
+        std::fs::create_dir(&drop_ins).expect("mkdir");
+        std::fs::write(
+            drop_ins.join("10-metrics.yaml"),
+            "metrics:\n  listen: 127.0.0.1:9465\n",
+        )
+        .expect("write drop-in");
+        let (config, metrics) =
+            CollectorConfig::from_yaml_file_with_metrics(&main).expect("layered config");
+        assert_eq!(config.listen, "127.0.0.1:1".parse().expect("addr"));
+        let metrics = metrics.expect("metrics from the drop-in");
+        assert_eq!(metrics.listen, "127.0.0.1:9465".parse().expect("addr"));
+        let bad = drop_ins.join("20-bad.yaml");
+        std::fs::write(&bad, "tls:\n  cetr: x.pem\n").expect("write drop-in");
+        let err = CollectorConfig::from_yaml_file(&main)
+            .expect_err("unknown key in a drop-in")
+            .to_string();
+        assert!(err.starts_with(&format!("{}:2:", bad.display())), "{err}");
+        assert!(err.contains("cetr"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/etc/collector.yaml");
+        let (config, metrics) =
+            CollectorConfig::from_yaml_file_with_metrics(&shipped).expect("shipped config");
+        assert!(config.listen.ip().is_loopback(), "{config:?}");
+        let metrics = metrics.expect("the shipped config serves metrics");
+        assert!(metrics.listen.ip().is_loopback(), "{metrics:?}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod enroll;
 mod limits;
+pub mod metrics;
 mod reload;
 mod server;
 mod store;

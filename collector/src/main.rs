@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use vigil_collector::CollectorConfig;
+use vigil_ops::metrics_endpoint::MetricsConfig;
 
 /// Vigil's central server: receives events and alerts from sensors over mutually authenticated
 /// QUIC, stores them in SQLite, and serves alerts to operators (`vigil tail`, `vigil alerts`).
@@ -40,7 +41,7 @@ struct Args {
 }
 
 impl Args {
-    fn into_config(self) -> anyhow::Result<CollectorConfig> {
+    fn into_config(self) -> anyhow::Result<(CollectorConfig, Option<MetricsConfig>)> {
         let Args {
             config,
             listen,
@@ -50,16 +51,16 @@ impl Args {
             tls_key,
             log: _,
         } = self;
-        let mut cfg = match config {
-            Some(path) => CollectorConfig::from_yaml_file(&path)?,
-            None => CollectorConfig::default(),
+        let (mut cfg, metrics) = match config {
+            Some(path) => CollectorConfig::from_yaml_file_with_metrics(&path)?,
+            None => (CollectorConfig::default(), None),
         };
         cfg.listen = listen.unwrap_or(cfg.listen);
         cfg.database = database.unwrap_or(cfg.database);
         cfg.tls.ca = tls_ca.unwrap_or(cfg.tls.ca);
         cfg.tls.cert = tls_cert.unwrap_or(cfg.tls.cert);
         cfg.tls.key = tls_key.unwrap_or(cfg.tls.key);
-        Ok(cfg)
+        Ok((cfg, metrics))
     }
 }
 
@@ -82,10 +83,11 @@ fn start(args: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let config = args.into_config()?;
+    let (config, metrics_config) = args.into_config()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot listen for signals")?;
+        let metrics = vigil_collector::metrics::start_endpoint(metrics_config.as_ref()).await?;
         let collector = vigil_collector::Collector::bind(&config).await?;
         // SIGHUP: reload certificates and the revocation list (files are also watched).
         let reload = collector.reload_handle();
@@ -97,6 +99,9 @@ fn start(args: Args) -> anyhow::Result<()> {
             }
         });
         collector.run(shutdown).await?;
+        if let Some(stop) = metrics {
+            stop.stop().await;
+        }
         Ok(())
     })
 }

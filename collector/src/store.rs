@@ -179,6 +179,27 @@ impl Store {
 
     /// Stores a batch from `sensor` in one transaction; returns once it is committed.
     pub async fn publish(&self, sensor: String, batch: Batch) -> Result<Published, StoreError> {
+        let started = std::time::Instant::now();
+        let (events, alerts) = (batch.events.len(), batch.alerts.len());
+        let metric_sensor = crate::metrics::collector_metrics().map(|_| sensor.clone());
+        let result = self.publish_unmeasured(sensor, batch).await;
+        if let (Some(metrics), Some(sensor)) = (crate::metrics::collector_metrics(), metric_sensor)
+        {
+            let outcome = match &result {
+                Ok(Published::Stored { .. }) => "stored",
+                Ok(Published::Duplicate) => "duplicate",
+                Err(_) => "failed",
+            };
+            metrics.batch(&sensor, outcome, events, alerts, started.elapsed());
+        }
+        result
+    }
+
+    async fn publish_unmeasured(
+        &self,
+        sensor: String,
+        batch: Batch,
+    ) -> Result<Published, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writes
             .send(WriteRequest {

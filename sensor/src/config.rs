@@ -1,10 +1,13 @@
-//! The sensor's configuration: a YAML file (`--config`), every key also a flag; flags win.
-//! Unknown keys and bad values are errors naming the file, line and key.
+//! The sensor's configuration: a YAML file (`--config`) plus the drop-ins of its `.conf.d`
+//! directory (see [`vigil_ops::layered`]), every key also a flag; flags win. Unknown keys and
+//! bad values are errors naming the file, line and key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+pub use vigil_ops::layered::{Layered, LayeredError as ConfigError};
+pub use vigil_ops::metrics_endpoint::MetricsConfig;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +47,9 @@ pub struct SensorConfig {
     /// Where batches wait for the collector's ack (only used with a collector).
     #[serde(default)]
     pub spool: SpoolConfig,
+    /// The Prometheus scrape endpoint; absent means none.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 fn default_true() -> bool {
@@ -142,23 +148,6 @@ fn default_server_name() -> String {
     "localhost".into()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}:{line}:{column}: {message}", path.display())]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-}
-
 impl Default for SensorConfig {
     fn default() -> Self {
         Self {
@@ -172,35 +161,24 @@ impl Default for SensorConfig {
             bulk_ring_bytes: None,
             redact: Vec::new(),
             spool: SpoolConfig::default(),
+            metrics: None,
         }
     }
 }
 
 impl SensorConfig {
+    /// The main file merged with its drop-ins.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::load_layered(path).map(|l| l.value)
+    }
+
+    /// Like [`SensorConfig::load`], also naming the files read (for `--check-config`).
+    pub fn load_layered(path: &Path) -> Result<Layered<Self>, ConfigError> {
+        vigil_ops::layered::load(path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        serde_norway::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                column,
-                message: e.to_string(),
-            }
-        })
+        vigil_ops::layered::parse_layers(&[(path.to_owned(), text.to_owned())])
     }
 }
 
@@ -239,6 +217,62 @@ mod tests {
             err.contains("s.yaml:2:") && err.contains("sometimes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_shipped_config_parses_and_documents_every_key() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/etc/sensor.yaml");
+        let config = SensorConfig::load(&shipped).expect("shipped sensor.yaml");
+        assert_eq!(
+            config.rules,
+            [
+                PathBuf::from("/usr/share/vigil/rules"),
+                PathBuf::from("/etc/vigil/rules.d")
+            ]
+        );
+        let metrics = config.metrics.expect("the shipped config serves metrics");
+        assert!(metrics.listen.ip().is_loopback(), "{metrics:?}");
+        let text = std::fs::read_to_string(&shipped).expect("read shipped config");
+        let SensorConfig {
+            rules: _,
+            output: _,
+            collector: _,
+            exec_hook: _,
+            metrics: _,
+            syscalls: _,
+            file_prefixes: _,
+            critical_ring_bytes: _,
+            bulk_ring_bytes: _,
+            redact: _,
+            spool: _,
+        } = config;
+        // Keys of the destructuring above, nested collector keys included (commented out there).
+        for key in [
+            "rules:",
+            "output:",
+            "collector:",
+            "exec_hook:",
+            "metrics:",
+            "syscalls:",
+            "file_prefixes:",
+            "critical_ring_bytes:",
+            "bulk_ring_bytes:",
+            "redact:",
+            "spool:",
+            "max_bytes:",
+            "fsync:",
+            "listen:",
+            "address:",
+            "server_name:",
+            "ca:",
+            "cert:",
+            "key:",
+        ] {
+            assert!(
+                text.contains(key),
+                "shipped sensor.yaml does not document {key}"
+            );
+        }
     }
 
     #[test]

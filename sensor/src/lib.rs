@@ -8,9 +8,11 @@ pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod describe;
+pub mod doctor;
 pub mod enrich;
 pub mod enroll;
 pub mod hashing;
+pub mod metrics;
 pub mod offsets;
 pub mod procfs;
 pub mod redact;
@@ -33,6 +35,7 @@ use vigil_proto::{Alert, Event, EventAction};
 use crate::capture::{Capture, CaptureOptions, KernelCounters};
 use crate::config::{Output, SensorConfig};
 use crate::enrich::Enricher;
+use crate::metrics::SensorMetrics;
 use crate::ship::{CollectorTarget, Outgoing, ShipStats};
 
 /// Records taken from the ring buffer per wakeup before the loop checks its other duties.
@@ -52,13 +55,29 @@ pub fn load_rules(config: &SensorConfig) -> anyhow::Result<RuleSet> {
     Ok(rules)
 }
 
-/// Runs the sensor until `shutdown` completes, then detaches and flushes.
+/// Runs the sensor until `shutdown` completes, then detaches and flushes. SIGHUP reloads the
+/// rules from the configured paths; a set that fails to load is logged and the running one stays.
 pub async fn run(
     config: SensorConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let rules = load_rules(&config)?;
+    let mut rules = load_rules(&config)?;
     let redactor = redact::Redactor::new(&config.redact).context("redaction patterns")?;
+    let mut metrics = SensorMetrics::new()?;
+    metrics.rules_loaded(rules.len());
+    let metrics_endpoint = match &config.metrics {
+        Some(m) => {
+            let endpoint =
+                vigil_ops::metrics_endpoint::MetricsEndpoint::bind(m.listen, metrics.registry())
+                    .await?;
+            tracing::info!(listen = ?endpoint.local_addr(), "serving metrics at /metrics");
+            Some(endpoint.spawn())
+        }
+        None => None,
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: rule reload disabled"))
+        .ok();
     let ctx = procfs::host_context();
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
@@ -133,8 +152,12 @@ pub async fn run(
         let mut events: Vec<Event> = Vec::new();
         tokio::select! {
             () = &mut shutdown => break,
+            () = next_hangup(&mut hangup) => {
+                reload_rules(&config, &mut rules, &metrics);
+                continue;
+            }
             _ = tick.tick() => {
-                let losses = report_counters(&capture, &mut last_counters, &stats, &mut reported);
+                let losses = report_counters(&capture, &mut last_counters, &stats, &mut reported, &metrics);
                 events.extend(losses.into_iter().map(|(kind, lost)| {
                     enricher.loss_event(decode::kind_name(kind), lost, vigil_proto::Timestamp::now())
                 }));
@@ -163,10 +186,12 @@ pub async fn run(
             }) => { drained.context("reading the ring buffer")?; }
         }
         for mut event in events {
+            metrics.event(event.event.action);
             // Rules see the command line as it was; nothing that leaves the sensor does.
             let mut alerts = detect(&rules, &event);
             redactor.redact_event(&mut event);
             for mut alert in alerts.drain(..) {
+                metrics.rule_hit(&alert.rule.id);
                 redactor.redact_event(&mut alert.event);
                 out.alert(alert);
             }
@@ -218,6 +243,9 @@ pub async fn run(
             Ok(Err(e)) => tracing::warn!(error = %e, "collector transport failed"),
             Err(e) => tracing::warn!(error = %e, "shipping task failed"),
         }
+    }
+    if let Some(endpoint) = metrics_endpoint {
+        endpoint.stop().await;
     }
     Ok(())
 }
@@ -277,6 +305,41 @@ pub fn detect(rules: &RuleSet, event: &Event) -> Vec<Alert> {
         .collect()
 }
 
+/// Completes on the next SIGHUP; never, without a handler.
+async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
+    let Some(signal) = hangup else {
+        return std::future::pending().await;
+    };
+    if signal.recv().await.is_none() {
+        // The handler is gone; stop polling it rather than spin.
+        *hangup = None;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Swaps in the rules as the configured paths hold them now, or keeps the running set.
+fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetrics) {
+    match load_rules(config) {
+        Ok(fresh) => {
+            tracing::info!(
+                rules = fresh.len(),
+                previous = rules.len(),
+                "SIGHUP: rules reloaded"
+            );
+            *rules = fresh;
+            metrics.rules_loaded(rules.len());
+            metrics.rule_reload(true);
+        }
+        Err(e) => {
+            tracing::error!(
+                "SIGHUP: rule reload failed, keeping the {} running rules: {e:#}",
+                rules.len()
+            );
+            metrics.rule_reload(false);
+        }
+    }
+}
+
 fn emit_json<T: serde::Serialize>(out: &mut impl Write, value: &T) {
     // A closed stdout (the reader went away) must not stop the sensor.
     if serde_json::to_writer(&mut *out, value).is_ok() {
@@ -291,6 +354,7 @@ fn report_counters(
     last: &mut KernelCounters,
     stats: &ShipStats,
     reported: &mut Reported,
+    metrics: &SensorMetrics,
 ) -> Vec<(u32, u64)> {
     let now = capture.counters();
     let mut losses = Vec::new();
@@ -309,6 +373,7 @@ fn report_counters(
     }
     for (kind, (&total, &before)) in now.lost.iter().zip(last.lost.iter()).enumerate() {
         if total > before {
+            metrics.dropped("kernel", "ringbuf_full", total - before);
             tracing::warn!(
                 kind = decode::kind_name(kind as u32),
                 lost = total - before,
@@ -324,6 +389,13 @@ fn report_counters(
         }
     }
     *last = now;
+    metrics.dropped(
+        "pipeline",
+        "queue_full",
+        stats.queue_events_dropped.load(Ordering::Relaxed)
+            + stats.queue_alerts_dropped.load(Ordering::Relaxed),
+    );
+    metrics.batches_acked(stats.batches_acked.load(Ordering::Relaxed));
     let now = Reported {
         events_dropped: stats.events_dropped.load(Ordering::Relaxed),
         alerts_dropped: stats.alerts_dropped.load(Ordering::Relaxed),

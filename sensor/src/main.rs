@@ -50,15 +50,28 @@ struct Args {
     /// Spool directory: batches wait here for the collector's ack (default /var/lib/vigil/spool).
     #[arg(long)]
     spool_dir: Option<PathBuf>,
-    /// Check the configuration and rules, then exit.
+    /// Check the configuration (with its .conf.d drop-ins) and rules, then exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn build_config(args: Args) -> anyhow::Result<(SensorConfig, bool)> {
-    let mut config = match &args.config {
-        Some(path) => SensorConfig::load(path)?,
-        None => SensorConfig::default(),
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check this host and the configured collector: kernel, BTF, hooks, lockdown, cgroup v2,
+    /// clock, connectivity and certificates, with a verdict per line. Exits non-zero on a FAIL.
+    Doctor,
+}
+
+/// The merged config and the files it came from.
+fn build_config(args: Args) -> anyhow::Result<(SensorConfig, Vec<PathBuf>)> {
+    let (mut config, files) = match &args.config {
+        Some(path) => {
+            let layered = SensorConfig::load_layered(path)?;
+            (layered.value, layered.files)
+        }
+        None => (SensorConfig::default(), Vec::new()),
     };
     if !args.rules.is_empty() {
         config.rules = args.rules;
@@ -92,7 +105,7 @@ fn build_config(args: Args) -> anyhow::Result<(SensorConfig, bool)> {
             key,
         });
     }
-    Ok((config, args.check_config))
+    Ok((config, files))
 }
 
 #[tokio::main]
@@ -105,13 +118,21 @@ async fn main() -> ExitCode {
         .init();
     let result = async {
         let args = Args::parse();
+        let check_only = args.check_config;
+        let doctor = matches!(args.command, Some(Command::Doctor));
         let enroll = args.enroll.clone();
-        let (config, check_only) = build_config(args)?;
+        let (config, files) = build_config(args)?;
+        if doctor {
+            return vigil_sensor::doctor::run(&config).await;
+        }
         if let Some(collector) = config.collector.as_ref().filter(|_| !check_only) {
             enroll_and_renew(enroll.as_deref(), collector).await?;
         }
         if check_only {
             let rules = vigil_sensor::load_rules(&config)?;
+            for file in &files {
+                println!("read {}", file.display());
+            }
             println!("configuration ok: {} rules", rules.len());
             return Ok(());
         }

@@ -2,8 +2,11 @@
 
 mod bootstrap;
 mod build;
+mod package;
 mod stack;
 mod test;
+mod tools;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +27,15 @@ enum Command {
     Run,
     /// Build, then run every test tier this machine supports.
     Test,
+    /// Run the kernel test tier inside Debian's 6.1 kernel under QEMU (TCG); skips, saying why,
+    /// when QEMU or the kernel cannot be had.
+    VmTest,
+    /// Build .deb packages (vigil-cli, vigil-sensor, vigil-collector) with cargo-deb.
+    Package {
+        /// Which build to package.
+        #[arg(long, value_enum, default_value = "release")]
+        profile: package::Profile,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build::all().map(|_| ()),
         Command::Run => stack::run(),
         Command::Test => test::run(),
+        Command::VmTest => vm::run(),
+        Command::Package { profile } => package::build(profile).map(|_| ()),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! 1. lint: rustfmt and clippy (warnings are errors);
 //! 2. unit, replay, rules and network tests of every crate (no privileges needed);
-//! 3. kernel and end-to-end tests (`tests/`): real programs, real processes, real QUIC. They
+//! 3. kernel, end-to-end and operations tests (`tests/`): real programs, real processes, real
+//!    QUIC, the .deb packages in a scratch root (systemd-analyze), metrics through promtool. They
 //!    need root; without it they are reported as skipped, loudly, never as passed.
 
 use std::process::Command;
@@ -10,6 +11,7 @@ use std::process::Command;
 use anyhow::Context;
 
 use crate::build::{self, cargo, exec, workspace_root};
+use crate::{package, tools};
 
 pub fn run() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -49,19 +51,30 @@ pub fn run() -> anyhow::Result<()> {
     )?;
 
     if nix::unistd::geteuid().is_root() {
-        eprintln!("xtask: tier kernel/end-to-end (root)");
+        // The operations tests check the packages and units with systemd-analyze and the
+        // metrics with promtool; the packages hold the debug binaries already built above.
+        tools::debian_tool("systemd-analyze", "systemd")?;
+        tools::debian_tool("promtool", "prometheus")?;
+        let debs = package::build(package::Profile::Dev)?;
+        eprintln!("xtask: tier kernel/end-to-end/operations (root)");
         exec(
             Command::new(cargo())
                 .args(["test", "-p", "vigil-tests", "--", "--test-threads=1"])
                 .current_dir(&root)
                 .env("VIGIL_EBPF_OBJECT", &object)
-                .env("VIGIL_BIN_DIR", &bins),
+                .env("VIGIL_BIN_DIR", &bins)
+                .env("VIGIL_DEB_DIR", &debs),
         )?;
     } else {
         eprintln!(
             "xtask: SKIPPED tier kernel/end-to-end: needs root (run `sudo cargo xtask test`)"
         );
     }
+    // NB: the VM tier is not in this suite yet: on Debian's 6.1 kernel the verifier rejects the
+    // exec programs ("R3 min value is negative"), which 6.18 accepts. It joins once they load.
+    eprintln!(
+        "xtask: SKIPPED tier vm (Debian 6.1 under QEMU): the exec programs do not yet pass the 6.1 verifier; run `cargo xtask vm-test` to see it"
+    );
     eprintln!("xtask: all tiers passed in {:.0?}", started.elapsed());
     Ok(())
 }

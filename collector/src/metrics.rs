@@ -1,0 +1,207 @@
+//! The collector's Prometheus metrics: what sensors deliver, how fast it is stored, who is
+//! delivering.
+//!
+//! NB: one process-wide instance ([`collector_metrics`]) rather than a value threaded through
+//! [`crate::Collector::bind`]: the store is opened inside the server, whose connection handling
+//! is being reworked separately, and a counter needs no ownership. The instance is created on
+//! first use, not filled by start-up side effects; tests embedding several collectors in one
+//! process share it, which only makes the counters sums.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use vigil_ops::metrics_endpoint::{EndpointError, MetricsConfig, MetricsEndpoint, RunningEndpoint};
+
+/// A sensor that published within this window counts as connected.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(60);
+
+pub struct CollectorMetrics {
+    registry: Registry,
+    ingested: IntCounterVec,
+    batches: IntCounterVec,
+    store_seconds: Histogram,
+    sensors: ActiveSensors,
+}
+
+/// The process's metrics; `None` only if registering them failed (a programming error that is
+/// logged rather than allowed to stop ingest).
+pub fn collector_metrics() -> Option<&'static CollectorMetrics> {
+    static METRICS: OnceLock<Option<CollectorMetrics>> = OnceLock::new();
+    METRICS
+        .get_or_init(|| match CollectorMetrics::new() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "collector metrics unavailable");
+                None
+            }
+        })
+        .as_ref()
+}
+
+impl CollectorMetrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let ingested = IntCounterVec::new(
+            Opts::new(
+                "vigil_collector_ingested_total",
+                "Records stored, by type (event, alert); rate() of it is the ingest rate.",
+            ),
+            &["type"],
+        )?;
+        let batches = IntCounterVec::new(
+            Opts::new(
+                "vigil_collector_batches_total",
+                "Batches received, by outcome (stored, duplicate, failed).",
+            ),
+            &["outcome"],
+        )?;
+        let store_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "vigil_collector_store_seconds",
+                "Time from a batch's arrival to its commit (what a sensor waits for its ack).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        let sensors = ActiveSensors::new()?;
+        registry.register(Box::new(ingested.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
+        registry.register(Box::new(store_seconds.clone()))?;
+        registry.register(Box::new(sensors.clone_handle()))?;
+        for outcome in ["stored", "duplicate", "failed"] {
+            batches.with_label_values(&[outcome]);
+        }
+        Ok(Self {
+            registry,
+            ingested,
+            batches,
+            store_seconds,
+            sensors,
+        })
+    }
+
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// A batch from `sensor` of `events` and `alerts` took `elapsed` to reach `outcome`.
+    pub fn batch(
+        &self,
+        sensor: &str,
+        outcome: &str,
+        events: usize,
+        alerts: usize,
+        elapsed: Duration,
+    ) {
+        self.batches.with_label_values(&[outcome]).inc();
+        self.store_seconds.observe(elapsed.as_secs_f64());
+        if outcome == "stored" {
+            self.ingested
+                .with_label_values(&["event"])
+                .inc_by(events as u64);
+            self.ingested
+                .with_label_values(&["alert"])
+                .inc_by(alerts as u64);
+        }
+        self.sensors.seen(sensor);
+    }
+}
+
+/// Binds and spawns the scrape endpoint when the config asks for one.
+pub async fn start_endpoint(
+    config: Option<&MetricsConfig>,
+) -> Result<Option<RunningEndpoint>, EndpointError> {
+    let Some(MetricsConfig { listen }) = config else {
+        return Ok(None);
+    };
+    let registry = collector_metrics()
+        .map(CollectorMetrics::registry)
+        .unwrap_or_default();
+    let endpoint = MetricsEndpoint::bind(*listen, registry).await?;
+    tracing::info!(listen = ?endpoint.local_addr(), "serving metrics at /metrics");
+    Ok(Some(endpoint.spawn()))
+}
+
+/// `vigil_collector_connected_sensors`, computed when scraped from the last delivery of each
+/// sensor, so it falls when sensors go quiet even if nothing else happens.
+struct ActiveSensors {
+    last_seen: std::sync::Arc<Mutex<HashMap<String, Instant>>>,
+    gauge: IntGauge,
+}
+
+impl ActiveSensors {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            last_seen: Default::default(),
+            gauge: IntGauge::new(
+                "vigil_collector_connected_sensors",
+                "Sensors that delivered a batch in the last 60 seconds.",
+            )?,
+        })
+    }
+
+    fn clone_handle(&self) -> Self {
+        Self {
+            last_seen: self.last_seen.clone(),
+            gauge: self.gauge.clone(),
+        }
+    }
+
+    fn seen(&self, sensor: &str) {
+        if let Ok(mut map) = self.last_seen.lock() {
+            match map.get_mut(sensor) {
+                Some(at) => *at = Instant::now(),
+                None => {
+                    map.insert(sensor.to_owned(), Instant::now());
+                }
+            }
+        }
+    }
+}
+
+impl Collector for ActiveSensors {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if let Ok(mut map) = self.last_seen.lock() {
+            map.retain(|_, at| at.elapsed() < ACTIVE_WINDOW);
+            self.gauge.set(i64::try_from(map.len()).unwrap_or(i64::MAX));
+        }
+        self.gauge.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{Encoder, TextEncoder};
+
+    #[test]
+    fn batches_show_up_in_the_exposition() {
+        let metrics = CollectorMetrics::new().expect("metrics register");
+        metrics.batch("web-01", "stored", 10, 2, Duration::from_millis(3));
+        metrics.batch("web-02", "duplicate", 10, 0, Duration::from_millis(1));
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&metrics.registry().gather(), &mut text)
+            .expect("encode");
+        let text = String::from_utf8(text).expect("utf-8 exposition");
+        for line in [
+            "vigil_collector_ingested_total{type=\"event\"} 10",
+            "vigil_collector_ingested_total{type=\"alert\"} 2",
+            "vigil_collector_batches_total{outcome=\"duplicate\"} 1",
+            "vigil_collector_batches_total{outcome=\"failed\"} 0",
+            "vigil_collector_store_seconds_count 2",
+            "vigil_collector_connected_sensors 2",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The sensor's Prometheus metrics: what it saw, what it lost and where, what fired.
+//!
+//! One [`SensorMetrics`] is made at start and owned by the pipeline task (no lock on the hot
+//! path beyond the atomic counters themselves); its registry is shared with the scrape endpoint.
+//! Counters only go up; the pipeline feeds them deltas of the kernel's and the shipper's totals.
+
+use std::collections::HashMap;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use vigil_proto::EventAction;
+
+/// Registration can only fail on a name clash or a malformed name, both fixed at compile time
+/// here; the error is still reported rather than unwrapped.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register sensor metric: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+pub struct SensorMetrics {
+    registry: Registry,
+    events: IntCounterVec,
+    /// `events` children by action, so the hot path skips the label hash after the first event.
+    events_by_action: HashMap<EventAction, IntCounter>,
+    drops: IntCounterVec,
+    rule_hits: IntCounterVec,
+    rules_loaded: IntGauge,
+    rule_reloads: IntCounterVec,
+    batches_acked: IntCounter,
+}
+
+impl SensorMetrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let events = IntCounterVec::new(
+            Opts::new(
+                "vigil_sensor_events_total",
+                "Events decoded and enriched, by kind (event.action).",
+            ),
+            &["kind"],
+        )?;
+        let drops = IntCounterVec::new(
+            Opts::new(
+                "vigil_sensor_drops_total",
+                "Records lost, by pipeline stage (kernel, pipeline, ship) and reason.",
+            ),
+            &["stage", "reason"],
+        )?;
+        let rule_hits = IntCounterVec::new(
+            Opts::new("vigil_sensor_rule_hits_total", "Alerts raised, by rule id."),
+            &["rule"],
+        )?;
+        let rules_loaded = IntGauge::new("vigil_sensor_rules_loaded", "Rules in force.")?;
+        let rule_reloads = IntCounterVec::new(
+            Opts::new(
+                "vigil_sensor_rule_reloads_total",
+                "SIGHUP rule reloads, by result (ok, failed: the running rules stayed).",
+            ),
+            &["result"],
+        )?;
+        let batches_acked = IntCounter::new(
+            "vigil_sensor_batches_acked_total",
+            "Batches the collector acknowledged as stored.",
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(drops.clone()))?;
+        registry.register(Box::new(rule_hits.clone()))?;
+        registry.register(Box::new(rules_loaded.clone()))?;
+        registry.register(Box::new(rule_reloads.clone()))?;
+        registry.register(Box::new(batches_acked.clone()))?;
+        // Pre-create the drop series an operator alerts on, so they read 0 rather than absent.
+        for (stage, reason) in [
+            ("kernel", "ringbuf_full"),
+            ("pipeline", "queue_full"),
+            ("ship", "queue_full"),
+        ] {
+            drops.with_label_values(&[stage, reason]);
+        }
+        Ok(Self {
+            registry,
+            events,
+            events_by_action: HashMap::new(),
+            drops,
+            rule_hits,
+            rules_loaded,
+            rule_reloads,
+            batches_acked,
+        })
+    }
+
+    /// The registry the scrape endpoint serves.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    pub fn event(&mut self, action: EventAction) {
+        let events = &self.events;
+        self.events_by_action
+            .entry(action)
+            .or_insert_with(|| {
+                let label = serde_json::to_value(action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "unknown".to_owned());
+                events.with_label_values(&[label.as_str()])
+            })
+            .inc();
+    }
+
+    pub fn dropped(&self, stage: &str, reason: &str, count: u64) {
+        if count > 0 {
+            self.drops.with_label_values(&[stage, reason]).inc_by(count);
+        }
+    }
+
+    pub fn rule_hit(&self, rule: &str) {
+        self.rule_hits.with_label_values(&[rule]).inc();
+    }
+
+    pub fn rules_loaded(&self, count: usize) {
+        self.rules_loaded
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn rule_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.rule_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// `total` is the shipper's running count; only its growth is added.
+    pub fn batches_acked(&self, total: u64) {
+        let seen = self.batches_acked.get();
+        if total > seen {
+            self.batches_acked.inc_by(total - seen);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{Encoder, TextEncoder};
+
+    #[test]
+    fn counts_show_up_in_the_exposition() {
+        let mut metrics = SensorMetrics::new().expect("metrics register");
+        metrics.event(EventAction::Exec);
+        metrics.event(EventAction::Exec);
+        metrics.event(EventAction::Fork);
+        metrics.dropped("kernel", "ringbuf_full", 4);
+        metrics.rule_hit("vigil-test-rule");
+        metrics.rules_loaded(7);
+        metrics.batches_acked(5);
+        metrics.batches_acked(3);
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&metrics.registry().gather(), &mut text)
+            .expect("encode");
+        let text = String::from_utf8(text).expect("utf-8 exposition");
+        for line in [
+            "vigil_sensor_events_total{kind=\"exec\"} 2",
+            "vigil_sensor_events_total{kind=\"fork\"} 1",
+            "vigil_sensor_drops_total{reason=\"ringbuf_full\",stage=\"kernel\"} 4",
+            "vigil_sensor_drops_total{reason=\"queue_full\",stage=\"ship\"} 0",
+            "vigil_sensor_rule_hits_total{rule=\"vigil-test-rule\"} 1",
+            "vigil_sensor_rules_loaded 7",
+            "vigil_sensor_batches_acked_total 5",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+}

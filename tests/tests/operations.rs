@@ -1,0 +1,332 @@
+//! Operating the daemons from their real config files: SIGHUP rule reload on a running sensor
+//! whose new rule then fires all the way to the collector; Prometheus endpoints on both that
+//! `promtool check metrics` accepts; broken configs that stop start-up naming file, line, key.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vigil_tests::{bin, json_lines, marker, poll_until, require_root, start_sensor, Proc};
+
+fn certs(dir: &Path, args: &[&str]) {
+    let out = Command::new(bin("vigil"))
+        .arg("certs")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run vigil certs");
+    assert!(
+        out.status.success(),
+        "vigil certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A loopback TCP port nobody is listening on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn rule(title: &str, id: &str, marker: &str) -> String {
+    format!(
+        r#"title: {title}
+id: {id}
+level: high
+logsource:
+  product: linux
+  category: process_creation
+detection:
+  selection:
+    Image|endswith: /vigil-ops-sh
+    CommandLine|contains: {marker}
+  condition: selection
+"#
+    )
+}
+
+/// GET /metrics, returning the body.
+fn scrape(address: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(address)
+        .unwrap_or_else(|e| panic!("connect to metrics endpoint {address}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send scrape");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read scrape");
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+fn promtool_check(what: &str, exposition: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `cargo xtask test` installs it)");
+    child
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(exposition.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool result");
+    assert!(
+        out.status.success(),
+        "promtool check metrics rejected the {what} metrics: {}{}\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sighup_reloads_rules_the_new_rule_fires_to_the_collector_and_metrics_pass_promtool() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let certs_dir = d.join("certs");
+    certs(&certs_dir, &["init"]);
+    for (role, name) in [
+        ("--collector", "collector"),
+        ("--sensor", "ops-sensor"),
+        ("--operator", "ops-operator"),
+    ] {
+        certs(&certs_dir, &["issue", role, name]);
+    }
+    let pem = |n: &str| certs_dir.join(n).display().to_string();
+    let collector_metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let sensor_metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+
+    let collector_yaml = d.join("collector.yaml");
+    std::fs::write(
+        &collector_yaml,
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\nmetrics:\n  listen: {collector_metrics}\n",
+            d.join("collector.db").display(),
+            pem("ca.pem"),
+            pem("collector.pem"),
+            pem("collector-key.pem"),
+        ),
+    )
+    .expect("write collector.yaml");
+    let mut cmd = Command::new(bin("vigil-collector"));
+    cmd.arg("--config")
+        .arg(&collector_yaml)
+        .env("NO_COLOR", "1");
+    let mut collector = Proc::spawn("vigil-collector", cmd);
+    collector.wait_stderr("listening on", Duration::from_secs(20));
+    let address = collector
+        .stderr_text()
+        .lines()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("collector prints its address")
+        .to_owned();
+
+    let old_marker = marker("ops-old");
+    let new_marker = marker("ops-new");
+    let rules = d.join("rules");
+    std::fs::create_dir_all(&rules).expect("rules dir");
+    let rule_file = rules.join("ops.yml");
+    std::fs::write(
+        &rule_file,
+        rule(
+            "Vigil ops - before reload",
+            "0c5c1f4e-2b7a-4d1e-9a53-6f2f0a7d1a01",
+            &old_marker,
+        ),
+    )
+    .expect("write rule");
+    // The sensor's collector settings come from a drop-in, proving drop-ins reach a running sensor.
+    let sensor_yaml = d.join("sensor.yaml");
+    std::fs::write(
+        &sensor_yaml,
+        format!(
+            "rules: [{}]\nmetrics:\n  listen: {sensor_metrics}\n",
+            rules.display()
+        ),
+    )
+    .expect("write sensor.yaml");
+    std::fs::create_dir_all(d.join("sensor.conf.d")).expect("drop-in dir");
+    std::fs::write(
+        d.join("sensor.conf.d/10-collector.yaml"),
+        format!(
+            "collector:\n  address: {address}\n  ca: {}\n  cert: {}\n  key: {}\n",
+            pem("ca.pem"),
+            pem("ops-sensor.pem"),
+            pem("ops-sensor-key.pem"),
+        ),
+    )
+    .expect("write drop-in");
+    let mut sensor = start_sensor(&["--config", sensor_yaml.to_str().expect("utf-8")]);
+    let sighup = |sensor: &Proc| {
+        kill(Pid::from_raw(sensor.pid() as i32), Signal::SIGHUP).expect("SIGHUP the sensor")
+    };
+
+    // A rule file that does not compile: the reload fails, naming the file, and the sensor runs on.
+    let broken = rules.join("broken.yml");
+    std::fs::write(&broken, "title: broken\ndetection:\n  selection: [\n")
+        .expect("write broken rule");
+    sighup(&sensor);
+    sensor.wait_stderr("rule reload failed", Duration::from_secs(10));
+    let log = sensor.stderr_text();
+    assert!(
+        log.contains(&format!("{}:", broken.display())),
+        "the failed reload does not name {}:\n{log}",
+        broken.display()
+    );
+    std::fs::remove_file(&broken).expect("remove broken rule");
+
+    // The changed rule, reloaded.
+    std::fs::write(
+        &rule_file,
+        rule(
+            "Vigil ops - after reload",
+            "0c5c1f4e-2b7a-4d1e-9a53-6f2f0a7d1a02",
+            &new_marker,
+        ),
+    )
+    .expect("rewrite rule");
+    sighup(&sensor);
+    sensor.wait_stderr("rules reloaded", Duration::from_secs(10));
+
+    let sh = d.join("vigil-ops-sh");
+    std::fs::copy("/bin/sh", &sh).expect("copy sh");
+    std::fs::set_permissions(&sh, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut child = Command::new(&sh)
+        .args(["-c", "exit 0", &new_marker])
+        .spawn()
+        .expect("run sh copy");
+    let pid = child.id();
+    assert!(child.wait().expect("wait").success());
+
+    let operator = [
+        "--collector".to_owned(),
+        address.clone(),
+        "--ca".to_owned(),
+        pem("ca.pem"),
+        "--cert".to_owned(),
+        pem("ops-operator.pem"),
+        "--key".to_owned(),
+        pem("ops-operator-key.pem"),
+    ];
+    let alert = poll_until(Duration::from_secs(10), || {
+        let out = Command::new(bin("vigil"))
+            .args(&operator)
+            .args(["alerts", "--since", "5m", "-o", "json"])
+            .output()
+            .expect("vigil alerts");
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        json_lines(&lines)
+            .into_iter()
+            .find(|a| a["process"]["pid"] == pid)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the reloaded rule's alert for pid {pid} did not reach the collector.\nsensor:\n{}\ncollector:\n{}",
+            sensor.stderr_text(),
+            collector.stderr_text()
+        )
+    });
+    assert_eq!(alert["rule"]["title"], "Vigil ops - after reload");
+
+    // Counters are fed once a second: wait until the acks of the alert's batch show.
+    let sensor_text = poll_until(Duration::from_secs(5), || {
+        let text = scrape(sensor_metrics);
+        (!text.contains("vigil_sensor_batches_acked_total 0\n")).then_some(text)
+    })
+    .expect("the sensor's batches are acked");
+    promtool_check("sensor", &sensor_text);
+    for needle in [
+        "vigil_sensor_rule_hits_total{rule=\"0c5c1f4e-2b7a-4d1e-9a53-6f2f0a7d1a02\"} 1",
+        "vigil_sensor_events_total{kind=\"exec\"}",
+        "vigil_sensor_rule_reloads_total{result=\"failed\"} 1",
+        "vigil_sensor_rule_reloads_total{result=\"ok\"} 1",
+        "vigil_sensor_drops_total{reason=\"ringbuf_full\",stage=\"kernel\"}",
+    ] {
+        assert!(
+            sensor_text.contains(needle),
+            "sensor metrics lack {needle:?}:\n{sensor_text}"
+        );
+    }
+    let collector_text = scrape(collector_metrics);
+    promtool_check("collector", &collector_text);
+    for needle in [
+        "vigil_collector_ingested_total{type=\"alert\"}",
+        "vigil_collector_store_seconds_bucket",
+        "vigil_collector_connected_sensors 1",
+    ] {
+        assert!(
+            collector_text.contains(needle),
+            "collector metrics lack {needle:?}:\n{collector_text}"
+        );
+    }
+    println!("sensor metrics:\n{sensor_text}\ncollector metrics:\n{collector_text}");
+}
+
+#[test]
+fn a_broken_config_stops_start_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("sensor.yaml"), "output: none\n").expect("write sensor.yaml");
+    std::fs::create_dir_all(d.join("sensor.conf.d")).expect("drop-in dir");
+    let bad = d.join("sensor.conf.d/50-bad.yaml");
+    std::fs::write(&bad, "# typo below\ncollector:\n  adress: 127.0.0.1:7443\n")
+        .expect("write drop-in");
+    let out = Command::new(bin("vigil-sensor"))
+        .arg("--config")
+        .arg(d.join("sensor.yaml"))
+        .output()
+        .expect("run vigil-sensor");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a broken drop-in was accepted: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{}:3:", bad.display())) && stderr.contains("adress"),
+        "the error does not name {}:3 and `adress`: {stderr}",
+        bad.display()
+    );
+
+    let collector_yaml = d.join("collector.yaml");
+    std::fs::write(
+        &collector_yaml,
+        "listen: 127.0.0.1:0\ntls:\n  cetr: x.pem\n",
+    )
+    .expect("write");
+    let out = Command::new(bin("vigil-collector"))
+        .arg("--config")
+        .arg(&collector_yaml)
+        .output()
+        .expect("run vigil-collector");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a broken config was accepted: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{}:3:", collector_yaml.display())) && stderr.contains("cetr"),
+        "the error does not name {}:3 and `cetr`: {stderr}",
+        collector_yaml.display()
+    );
+}

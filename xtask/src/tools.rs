@@ -1,0 +1,76 @@
+//! Tools the packaging and operations tiers need, installed on first use: cargo-deb (cargo
+//! install, cached under ~/.cache/vigil/toolchain beside bpf-linker) and Debian packages
+//! (systemd for `systemd-analyze`, prometheus for `promtool`). Each install prints one line; a
+//! second run only checks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::bootstrap::cache_dir;
+
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// The directory holding `cargo-deb`, installing it if missing.
+pub fn cargo_deb() -> anyhow::Result<PathBuf> {
+    let root = cache_dir().join("cargo-deb");
+    let bin = root.join("bin");
+    let stamp = root.join("version");
+    let current = std::fs::read_to_string(&stamp).unwrap_or_default();
+    if bin.join("cargo-deb").exists() && current.trim() == CARGO_DEB_VERSION {
+        return Ok(bin);
+    }
+    eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (one time, ~2 min)");
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "--force", "--quiet", "--root"])
+        .arg(&root)
+        .args(["cargo-deb", "--version", CARGO_DEB_VERSION])
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .context("running cargo install cargo-deb")?;
+    if !status.success() {
+        bail!("installing cargo-deb failed ({status}); check that crates.io is reachable");
+    }
+    std::fs::write(&stamp, CARGO_DEB_VERSION)?;
+    Ok(bin)
+}
+
+/// Makes sure `program` is on PATH, installing Debian `package` with apt-get if it is not.
+pub fn debian_tool(program: &str, package: &str) -> anyhow::Result<PathBuf> {
+    if let Some(found) = on_path(program) {
+        return Ok(found);
+    }
+    if !nix::unistd::geteuid().is_root() || on_path("apt-get").is_none() {
+        bail!(
+            "{program} is missing: install the Debian package {package} (needs root and apt-get)"
+        );
+    }
+    eprintln!("xtask: installing Debian package {package} (for {program})");
+    let out = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .context("running apt-get")?;
+    if !out.status.success() {
+        bail!(
+            "apt-get install {package} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    on_path(program).with_context(|| format!("{package} is installed but {program} is not on PATH"))
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
