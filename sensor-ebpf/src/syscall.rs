@@ -126,7 +126,10 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     if let Some(ptr) = arg(&pending.record.args, spec.str_args[1]) {
         // Packed right after the first string; `second` is only the spare room it leaves.
         let _ = second;
-        let dst = pending.data.as_mut_ptr().wrapping_add(len0 & (SYSCALL_STR_CAP - 1));
+        let dst = pending
+            .data
+            .as_mut_ptr()
+            .wrapping_add(len0 & (SYSCALL_STR_CAP - 1));
         // SAFETY: dst..dst+SYSCALL_STR_CAP lies within `data` (len0 < SYSCALL_STR_CAP).
         let room = unsafe { core::slice::from_raw_parts_mut(dst, SYSCALL_STR_CAP) };
         let record = &mut pending.record;
@@ -146,7 +149,10 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
         let _ = unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut record.small) };
     }
     if spec.flags & spec_flags::ADDR_AT_EXIT == 0 {
-        if let (Some(ptr), Some(len)) = (arg(&record.args, spec.addr_arg), arg(&record.args, spec.addr_len_arg)) {
+        if let (Some(ptr), Some(len)) = (
+            arg(&record.args, spec.addr_arg),
+            arg(&record.args, spec.addr_len_arg),
+        ) {
             read_sockaddr(record, ptr, len);
         }
     }
@@ -163,7 +169,11 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
 
 #[inline(always)]
 fn read_sockaddr(record: &mut SyscallRecord, ptr: u64, len: u64) {
-    let len = if len as usize > SOCKADDR_CAP { SOCKADDR_CAP } else { len as usize };
+    let len = if len as usize > SOCKADDR_CAP {
+        SOCKADDR_CAP
+    } else {
+        len as usize
+    };
     if ptr == 0 || len == 0 {
         return;
     }
@@ -243,7 +253,8 @@ fn complete(tid: u32, ret: i64) -> Option<()> {
     pending.record.ret = ret;
     if spec.flags & spec_flags::ADDR_AT_EXIT != 0 && pending.record.ret >= 0 {
         let args = &pending.record.args;
-        if let (Some(ptr), Some(len_ptr)) = (arg(args, spec.addr_arg), arg(args, spec.addr_len_arg)) {
+        if let (Some(ptr), Some(len_ptr)) = (arg(args, spec.addr_arg), arg(args, spec.addr_len_arg))
+        {
             // SAFETY: probe read of the caller's socklen_t.
             let len = unsafe { bpf_probe_read_user(len_ptr as *const u32) }.unwrap_or(0);
             read_sockaddr(&mut pending.record, ptr, len as u64);
@@ -259,12 +270,20 @@ fn complete(tid: u32, ret: i64) -> Option<()> {
     } else if !fill_header(&mut pending.record.header, spec.kind, size as u32, task) {
         bump(&FAULTS, spec.kind);
     }
+    // NB: masked behind a volatile read for older verifiers (see emit_exec).
+    // SAFETY: reading a local.
+    let size = unsafe { core::ptr::read_volatile(&size) } & 0x7ff;
     if size > core::mem::size_of::<Pending>() {
         return None;
     }
     // SAFETY: `size` is within the pending value (checked just above).
-    let bytes = unsafe { core::slice::from_raw_parts(pending as *const Pending as *const u8, size) };
-    let lane = if spec.flags & spec_flags::CRITICAL != 0 { &EVENTS } else { &BULK };
+    let bytes =
+        unsafe { core::slice::from_raw_parts(pending as *const Pending as *const u8, size) };
+    let lane = if spec.flags & spec_flags::CRITICAL != 0 {
+        &EVENTS
+    } else {
+        &BULK
+    };
     emit::<[u8]>(lane, bytes, spec.kind);
     Some(())
 }

@@ -70,10 +70,13 @@ pub fn run() -> anyhow::Result<()> {
             "xtask: SKIPPED tier kernel/end-to-end: needs root (run `sudo cargo xtask test`)"
         );
     }
-    // NB: the VM tier is not in this suite yet: on Debian's 6.1 kernel the verifier rejects the
-    // exec programs ("R3 min value is negative"), which 6.18 accepts. It joins once they load.
+    // NB: the VM tier is not in this suite yet. Every program now loads on Debian's 6.1 kernel
+    // (all hooks attach, 56 syscalls) and 3 of the 5 kernel tests pass inside it, but under
+    // software emulation the hashing deadline (500 ms) and the SIGTERM bound (5 s) are missed,
+    // and the test copies /bin/true, a busybox applet in the VM. It joins once those tests
+    // measure the VM rather than the emulator.
     eprintln!(
-        "xtask: SKIPPED tier vm (Debian 6.1 under QEMU): the exec programs do not yet pass the 6.1 verifier; run `cargo xtask vm-test` to see it"
+        "xtask: SKIPPED tier vm (Debian 6.1 under QEMU TCG): programs load there, but 2 of 5 kernel tests time out under emulation; run `cargo xtask vm-test` to see it"
     );
     eprintln!("xtask: all tiers passed in {:.0?}", started.elapsed());
     Ok(())
