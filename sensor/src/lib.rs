@@ -221,7 +221,9 @@ pub async fn run(
     }
     let ship_tx = out.ship.take();
     tracing::info!("stopping: detaching kernel programs");
-    drop(capture);
+    // Detaching takes seconds (an RCU grace period per tracepoint): it runs while the
+    // shipper delivers what is queued, so that both fit in the 5 s a service stop allows.
+    let detach = tokio::task::spawn_blocking(move || drop(capture));
     drop(ship_tx);
     if let Some((handle, stop)) = shipper {
         // Give delivery a bounded time to empty the queue, then stop it.
@@ -246,6 +248,9 @@ pub async fn run(
     }
     if let Some(endpoint) = metrics_endpoint {
         endpoint.stop().await;
+    }
+    if let Err(e) = detach.await {
+        tracing::warn!(error = %e, "detaching the kernel programs failed");
     }
     Ok(())
 }
