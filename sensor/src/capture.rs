@@ -420,26 +420,13 @@ fn attach_tracepoint(
     event: &'static str,
 ) -> Result<HookChoice, CaptureError> {
     let hook = format!("tracepoint/{category}/{name}");
-    let result = (|| -> Result<(), String> {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} missing"))?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
+    choose(event, hook, || {
+        let prog: &mut TracePoint = find(ebpf, program)?;
         prog.load().map_err(|e| format!("load: {e}"))?;
         prog.attach(category, name)
             .map_err(|e| format!("attach: {e}"))?;
         Ok(())
-    })();
-    result
-        .map(|()| HookChoice {
-            event,
-            hook: hook.clone(),
-        })
-        .map_err(|reason| CaptureError::Attach {
-            event,
-            reasons: format!("{hook}: {reason}"),
-        })
+    })
 }
 
 fn attach_raw(
@@ -448,26 +435,39 @@ fn attach_raw(
     name: &str,
     event: &'static str,
 ) -> Result<HookChoice, CaptureError> {
-    let hook = format!("raw_tracepoint/{name}");
-    let result = (|| -> Result<(), String> {
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} missing"))?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
+    choose(event, format!("raw_tracepoint/{name}"), || {
+        let prog: &mut RawTracePoint = find(ebpf, program)?;
         prog.load().map_err(|e| format!("load: {e}"))?;
         prog.attach(name).map_err(|e| format!("attach: {e}"))?;
         Ok(())
-    })();
-    result
-        .map(|()| HookChoice {
-            event,
-            hook: hook.clone(),
-        })
-        .map_err(|reason| CaptureError::Attach {
+    })
+}
+
+/// The program of that name, as the program type the caller expects.
+fn find<'a, P>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+    <&'a mut P as TryFrom<&'a mut aya::programs::Program>>::Error: std::fmt::Display,
+{
+    ebpf.program_mut(program)
+        .ok_or_else(|| format!("program {program} missing"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))
+}
+
+/// Runs one attach attempt and names its hook in the choice or in the error.
+fn choose(
+    event: &'static str,
+    hook: String,
+    attempt: impl FnOnce() -> Result<(), String>,
+) -> Result<HookChoice, CaptureError> {
+    match attempt() {
+        Ok(()) => Ok(HookChoice { event, hook }),
+        Err(reason) => Err(CaptureError::Attach {
             event,
             reasons: format!("{hook}: {reason}"),
-        })
+        }),
+    }
 }
 
 /// Tracepoint attachment reads event ids from tracefs; some hosts do not mount it.

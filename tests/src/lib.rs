@@ -196,6 +196,22 @@ pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs `vigil certs ARGS --dir DIR`, which must succeed.
+pub fn certs(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new(bin("vigil"))
+        .arg("certs")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run vigil certs");
+    assert!(
+        out.status.success(),
+        "vigil certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Starts `vigil-sensor` with `args` and waits until its programs are attached.
 pub fn start_sensor(args: &[&str]) -> Proc {
     let mut cmd = Command::new(bin("vigil-sensor"));

@@ -3,33 +3,17 @@
 //! whose certificate comes from another CA is refused, and the collector says so.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vigil_tests::{bin, json_lines, marker, poll_until, require_root, start_sensor, Proc};
+use vigil_tests::{bin, certs, json_lines, marker, poll_until, require_root, start_sensor, Proc};
 
 fn vigil(args: &[&str]) -> std::process::Output {
     Command::new(bin("vigil"))
         .args(args)
         .output()
         .expect("run vigil")
-}
-
-fn certs(dir: &Path, args: &[&str]) {
-    let out = Command::new(bin("vigil"))
-        .arg("certs")
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .output()
-        .expect("run vigil certs");
-    assert!(
-        out.status.success(),
-        "vigil certs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 struct Deployment {

@@ -5,28 +5,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use vigil_tests::{bin, json_lines, marker, poll_until, require_root, start_sensor, Proc};
-
-fn certs(dir: &Path, args: &[&str]) {
-    let out = Command::new(bin("vigil"))
-        .arg("certs")
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .output()
-        .expect("run vigil certs");
-    assert!(
-        out.status.success(),
-        "vigil certs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use vigil_tests::{bin, certs, json_lines, marker, poll_until, require_root, start_sensor, Proc};
 
 /// A loopback TCP port nobody is listening on right now.
 fn free_port() -> u16 {
