@@ -1,5 +1,6 @@
 //! `cargo xtask`: the two README commands (`run`, `test`) and the steps they are made of.
 
+mod bench;
 mod bootstrap;
 mod build;
 mod package;
@@ -30,6 +31,13 @@ enum Command {
     /// Run the kernel test tier inside Debian's 6.1 kernel under QEMU (TCG); skips, saying why,
     /// when QEMU or the kernel cannot be had.
     VmTest,
+    /// Build in release, then measure the sensor's cost (attached / detached ratios) and the
+    /// rule matcher's ns per event; writes JSON and a table under target/bench/ (root).
+    Bench {
+        /// Fewer, shorter rounds (for CI): checks the benchmark runs, figures are rough.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build .deb packages (vigil-cli, vigil-sensor, vigil-collector) with cargo-deb.
     Package {
         /// Which build to package.
@@ -45,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run => stack::run(),
         Command::Test => test::run(),
         Command::VmTest => vm::run(),
+        Command::Bench { quick } => bench::run(quick),
         Command::Package { profile } => package::build(profile).map(|_| ()),
     }
 }

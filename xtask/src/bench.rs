@@ -1,0 +1,345 @@
+//! `cargo xtask bench`: the first slice of issue 7's benchmark suite. Builds in release, then
+//! measures the sensor's cost on syscall-heavy loops (A1-A4) as same-run ratios, attached /
+//! detached, with interleaved rounds, and the rule matcher's ns per event (E) by running
+//! `vigil_detect::bench::run` through its release example. Prints one JSON object per metric
+//! and a table, and writes both under `target/bench/`.
+//!
+//! Not a test: figures are reported against the issue's goals, never asserted (these machines
+//! are too noisy for timing gates).
+
+mod report;
+mod workload;
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::build::{self, cargo, exec, workspace_root};
+use report::{median, to_json, to_table, Metric};
+use workload::{fastest_chunk, unwatched_file, Plan, UNWATCHED_DIR, WORKLOADS};
+
+/// How long to wait for a sensor to report `sensor running` or to exit after SIGTERM.
+const SENSOR_DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("the sensor loads eBPF programs and needs root; run `sudo -E cargo xtask bench`");
+    }
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+    let sensor = build_sensor()?;
+    let out_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+
+    let mut metrics = rule_matching()?;
+    std::fs::create_dir_all(UNWATCHED_DIR)?;
+    std::fs::write(unwatched_file(), b"vigil bench\n")?;
+    let attached = attach_detach_rounds(&plan, &sensor, &out_dir.join("sensor.log"));
+    let _ = std::fs::remove_dir_all(UNWATCHED_DIR);
+    metrics.splice(0..0, attached?);
+
+    let mut json = String::new();
+    for m in &metrics {
+        writeln!(json, "{}", to_json(m))?;
+    }
+    let table = to_table(&metrics, &plan, started.elapsed());
+    print!("{json}");
+    println!();
+    print!("{table}");
+    std::fs::write(out_dir.join("bench.json"), &json)?;
+    std::fs::write(out_dir.join("bench.txt"), &table)?;
+    println!("written to {}", out_dir.display());
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds the kernel programs and the release sensor embedding them; returns the sensor's path.
+fn build_sensor() -> anyhow::Result<PathBuf> {
+    let ebpf_object = build::ebpf()?;
+    exec(
+        Command::new(cargo())
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "vigil-sensor",
+                "--bin",
+                "vigil-sensor",
+            ])
+            .current_dir(workspace_root())
+            .env("VIGIL_EBPF_OBJECT", &ebpf_object),
+    )?;
+    Ok(target_dir().join("release/vigil-sensor"))
+}
+
+/// E: `vigil_detect::bench::run`, through its example so it runs optimised (xtask itself is a
+/// debug build).
+fn rule_matching() -> anyhow::Result<Vec<Metric>> {
+    let sigma = workspace_root().join("../shared/sigma/rules/linux/process_creation");
+    let output = Command::new(cargo())
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "vigil-detect",
+            "--example",
+            "bench",
+            "--",
+        ])
+        .arg(&sigma)
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the vigil-detect bench example")?;
+    if !output.status.success() {
+        bail!("the vigil-detect bench example failed ({})", output.status);
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let results: Vec<(String, usize, f64)> = text.lines().filter_map(parse_detect_line).collect();
+    let ns_at = |rules: usize| {
+        results
+            .iter()
+            .find(|(label, n, _)| label.starts_with("synthetic") && *n == rules)
+            .map(|&(_, _, ns)| ns)
+    };
+    let mut metrics = Vec::new();
+    for (label, rules, ns) in &results {
+        let (goal, met) = match (label.starts_with("synthetic"), *rules) {
+            (true, 100) => ("<= 150 ns/event".to_string(), *ns <= 150.0),
+            _ => ("reported".to_string(), true),
+        };
+        metrics.push(Metric {
+            name: format!("E {label} ({rules} rules)"),
+            baseline: None,
+            treatment: *ns,
+            ratio: None,
+            unit: "ns/event",
+            drops: None,
+            goal,
+            met,
+            pair_ratios: Vec::new(),
+        });
+    }
+    if let (Some(at100), Some(at1000)) = (ns_at(100), ns_at(1000)) {
+        let ratio = at1000 / at100;
+        metrics.push(Metric {
+            name: "E cost(1000)/cost(100)".into(),
+            baseline: Some(at100),
+            treatment: at1000,
+            ratio: Some(ratio),
+            unit: "ns/event",
+            drops: None,
+            goal: "<= 2".into(),
+            met: ratio <= 2.0,
+            pair_ratios: Vec::new(),
+        });
+    }
+    if metrics.is_empty() {
+        bail!("the vigil-detect bench example printed no results:\n{text}");
+    }
+    Ok(metrics)
+}
+
+/// Parses `LABEL  N rules  M events  X ns/event (K matches per pass)` from the example.
+fn parse_detect_line(line: &str) -> Option<(String, usize, f64)> {
+    let (head, _) = line.split_once(" ns/event")?;
+    let mut words: Vec<&str> = head.split_whitespace().collect();
+    let ns: f64 = words.pop()?.parse().ok()?;
+    (words.pop()? == "events").then_some(())?;
+    words.pop()?;
+    (words.pop()? == "rules").then_some(())?;
+    let rules: usize = words.pop()?.parse().ok()?;
+    Some((words.join(" "), rules, ns))
+}
+
+/// A1-A4: each round measures every workload once detached and once attached, in ABBA order,
+/// so consecutive phases share a sensor state and a sensor is started only every other round.
+fn attach_detach_rounds(plan: &Plan, sensor: &Path, log: &Path) -> anyhow::Result<Vec<Metric>> {
+    // Warm caches, the page cache of /bin/true and the loopback path before measuring.
+    for w in &WORKLOADS {
+        (w.run)(&Plan::new(true))?;
+    }
+    let mut running: Option<Child> = None;
+    let mut drops = 0;
+    let mut detached = vec![Vec::new(); WORKLOADS.len()];
+    let mut attached = vec![Vec::new(); WORKLOADS.len()];
+    let result = (|| -> anyhow::Result<()> {
+        for round in 0..plan.rounds {
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for want_attached in order {
+                match (want_attached, running.is_some()) {
+                    (true, false) => running = Some(start_sensor(sensor, log)?),
+                    (false, true) => {
+                        if let Some(child) = running.take() {
+                            drops += stop_sensor(child, log)?;
+                        }
+                    }
+                    _ => {}
+                }
+                for (i, w) in WORKLOADS.iter().enumerate() {
+                    let ns = fastest_chunk(w, plan)?;
+                    let into = if want_attached {
+                        &mut attached
+                    } else {
+                        &mut detached
+                    };
+                    into[i].push(ns);
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Some(child) = running.take() {
+        drops += stop_sensor(child, log)?;
+    }
+    result?;
+    Ok(WORKLOADS
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let pair_ratios: Vec<f64> = attached[i]
+                .iter()
+                .zip(&detached[i])
+                .map(|(a, d)| a / d)
+                .collect();
+            let ratio = median(&pair_ratios);
+            Metric {
+                name: format!("{} {}", w.name, w.what),
+                baseline: Some(median(&detached[i])),
+                treatment: median(&attached[i]),
+                ratio: Some(ratio),
+                unit: "ns/op",
+                drops: Some(drops),
+                goal: format!("ratio <= {:.2}", w.goal),
+                met: ratio <= w.goal,
+                pair_ratios,
+            }
+        })
+        .collect())
+}
+
+/// Starts `vigil-sensor --output none` and waits until its programs are attached.
+fn start_sensor(sensor: &Path, log: &Path) -> anyhow::Result<Child> {
+    let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = Command::new(sensor)
+        .args(["--output", "none"])
+        // Plain log lines, so the markers and `lost=N` below parse.
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {}", sensor.display()))?;
+    let deadline = Instant::now() + SENSOR_DEADLINE;
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("sensor running")
+        {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("vigil-sensor exited ({status}):\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!("vigil-sensor did not report `sensor running` within {SENSOR_DEADLINE:?}")
+}
+
+/// SIGTERM, wait for the sensor to detach and exit; returns the kernel records it logged as lost.
+fn stop_sensor(mut child: Child, log: &Path) -> anyhow::Result<u64> {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + SENSOR_DEADLINE;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("vigil-sensor did not stop within {SENSOR_DEADLINE:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(logged_losses(
+        &std::fs::read_to_string(log).unwrap_or_default(),
+    ))
+}
+
+/// Sums `lost=N` over the sensor's "records lost" log lines.
+fn logged_losses(log: &str) -> u64 {
+    strip_ansi(log)
+        .lines()
+        .filter(|l| l.contains("records lost"))
+        .filter_map(|l| l.split("lost=").nth(1))
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Removes terminal colour sequences (`ESC [ ... m`), in case the log was written with them.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_detect_example_output() {
+        let line = format!(
+            "{:<42} {:>5} rules {:>3} events {:>10.1} ns/event ({} matches per pass)",
+            "SigmaHQ process_creation (exec events)", 122, 6, 812.34, 1
+        );
+        assert_eq!(
+            parse_detect_line(&line),
+            Some((
+                "SigmaHQ process_creation (exec events)".to_string(),
+                122,
+                812.3
+            ))
+        );
+        assert_eq!(parse_detect_line("warning: something"), None);
+    }
+
+    #[test]
+    fn sums_logged_losses() {
+        let log = "INFO sensor running\nWARN kind=3 lost=12 kernel records lost: ring buffer full\nWARN lost=5 kernel records lost: ring buffer full\n";
+        assert_eq!(logged_losses(log), 17);
+        let coloured =
+            "WARN \x1b[3mlost\x1b[0m\x1b[2m=\x1b[0m9 kernel records lost: ring buffer full";
+        assert_eq!(logged_losses(coloured), 9);
+    }
+}
