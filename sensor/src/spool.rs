@@ -16,7 +16,8 @@
 //! All I/O here is blocking and short (one write, sometimes an fsync); the shipper calls it
 //! from its tasks while holding the spool's lock.
 
-mod record;
+// Public so the fuzz targets (fuzz/) can reach `record::scan`.
+pub mod record;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};

@@ -1,8 +1,10 @@
 //! `cargo xtask`: the two README commands (`run`, `test`) and the steps they are made of.
 
+mod audit;
 mod bench;
 mod bootstrap;
 mod build;
+mod fuzz;
 mod package;
 mod stack;
 mod test;
@@ -38,6 +40,17 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Run every fuzz target (or one) for a fixed time; fails on a crash, naming its artifact.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Run only this target (frame, spool, rules, config).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Check the dependencies against the RustSec advisory snapshot, offline (cargo-deny).
+    Audit,
     /// Build .deb packages (vigil-cli, vigil-sensor, vigil-collector) with cargo-deb.
     Package {
         /// Which build to package.
@@ -54,6 +67,8 @@ fn main() -> anyhow::Result<()> {
         Command::Test => test::run(),
         Command::VmTest => vm::run(),
         Command::Bench { quick } => bench::run(quick),
+        Command::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
+        Command::Audit => audit::run(),
         Command::Package { profile } => package::build(profile).map(|_| ()),
     }
 }

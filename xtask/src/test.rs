@@ -2,7 +2,9 @@
 //!
 //! 1. lint: rustfmt and clippy (warnings are errors);
 //! 2. unit, replay, rules and network tests of every crate (no privileges needed);
-//! 3. kernel, end-to-end and operations tests (`tests/`): real programs, real processes, real
+//! 3. dependency audit (cargo-deny, offline RustSec snapshot) and a fuzz smoke (a few seconds
+//!    per libFuzzer target; `cargo xtask fuzz` runs them longer);
+//! 4. kernel, end-to-end and operations tests (`tests/`): real programs, real processes, real
 //!    QUIC, the .deb packages in a scratch root (systemd-analyze), metrics through promtool. They
 //!    need root; without it they are reported as skipped, loudly, never as passed.
 
@@ -11,7 +13,11 @@ use std::process::Command;
 use anyhow::Context;
 
 use crate::build::{self, cargo, exec, workspace_root};
-use crate::{package, tools};
+use crate::{audit, fuzz, package, tools};
+
+/// Seconds each fuzz target runs in the test suite: enough to replay the corpus and catch a
+/// regression on it, not a fuzzing campaign.
+const FUZZ_SMOKE_SECONDS: u64 = 5;
 
 pub fn run() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -49,6 +55,10 @@ pub fn run() -> anyhow::Result<()> {
             .current_dir(&root)
             .env("VIGIL_EBPF_OBJECT", &object),
     )?;
+
+    audit::run()?;
+    eprintln!("xtask: tier fuzz smoke: {FUZZ_SMOKE_SECONDS} s per target");
+    fuzz::run(FUZZ_SMOKE_SECONDS, None)?;
 
     if nix::unistd::geteuid().is_root() {
         // The operations tests check the packages and units with systemd-analyze and the

@@ -1,5 +1,6 @@
-//! Tools the packaging and operations tiers need, installed on first use: cargo-deb (cargo
-//! install, cached under ~/.cache/vigil/toolchain beside bpf-linker) and Debian packages
+//! Tools the packaging, fuzzing, audit and operations tiers need, installed on first use:
+//! cargo-deb, cargo-fuzz and cargo-deny (cargo install, cached under ~/.cache/vigil/toolchain
+//! beside bpf-linker) and Debian packages
 //! (systemd for `systemd-analyze`, prometheus for `promtool`). Each install prints one line; a
 //! second run only checks.
 
@@ -11,28 +12,47 @@ use anyhow::{bail, Context};
 use crate::bootstrap::cache_dir;
 
 const CARGO_DEB_VERSION: &str = "3.8.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// The version ARCHITECTURE.md's offline advisory recipe was verified with.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// The directory holding `cargo-deb`, installing it if missing.
 pub fn cargo_deb() -> anyhow::Result<PathBuf> {
-    let root = cache_dir().join("cargo-deb");
+    cargo_tool("cargo-deb", CARGO_DEB_VERSION, "~2 min")
+}
+
+/// The directory holding `cargo-fuzz`, installing it if missing.
+pub fn cargo_fuzz() -> anyhow::Result<PathBuf> {
+    cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, "~1 min")
+}
+
+/// The directory holding `cargo-deny`, installing it if missing.
+pub fn cargo_deny() -> anyhow::Result<PathBuf> {
+    cargo_tool("cargo-deny", CARGO_DENY_VERSION, "~4 min")
+}
+
+/// `cargo install`s `name` at `version` into its own root under the toolchain cache (a version
+/// stamp beside it, so a bump reinstalls) and returns the root's `bin` directory.
+fn cargo_tool(name: &str, version: &str, takes: &str) -> anyhow::Result<PathBuf> {
+    let root = cache_dir().join(name);
     let bin = root.join("bin");
     let stamp = root.join("version");
     let current = std::fs::read_to_string(&stamp).unwrap_or_default();
-    if bin.join("cargo-deb").exists() && current.trim() == CARGO_DEB_VERSION {
+    if bin.join(name).exists() && current.trim() == version {
         return Ok(bin);
     }
-    eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (one time, ~2 min)");
+    eprintln!("xtask: installing {name} {version} (one time, {takes})");
     let status = Command::new("cargo")
         .args(["install", "--locked", "--force", "--quiet", "--root"])
         .arg(&root)
-        .args(["cargo-deb", "--version", CARGO_DEB_VERSION])
+        .args([name, "--version", version])
         .env_remove("CARGO_TARGET_DIR")
         .status()
-        .context("running cargo install cargo-deb")?;
+        .with_context(|| format!("running cargo install {name}"))?;
     if !status.success() {
-        bail!("installing cargo-deb failed ({status}); check that crates.io is reachable");
+        bail!("installing {name} failed ({status}); check that crates.io is reachable");
     }
-    std::fs::write(&stamp, CARGO_DEB_VERSION)?;
+    std::fs::write(&stamp, version)?;
     Ok(bin)
 }
 
