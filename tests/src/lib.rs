@@ -196,6 +196,22 @@ pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Starts `vigil-collector` as `cmd` describes and waits until it listens; returns it with
+/// the address it printed (tests let it pick a free port).
+pub fn start_collector(mut cmd: Command) -> (Proc, String) {
+    cmd.env("NO_COLOR", "1");
+    let mut collector = Proc::spawn("vigil-collector", cmd);
+    collector.wait_stderr("listening on", Duration::from_secs(20));
+    let address = collector
+        .stderr_text()
+        .lines()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("collector prints its address")
+        .to_owned();
+    (collector, address)
+}
+
 /// Runs `vigil certs ARGS --dir DIR`, which must succeed.
 pub fn certs(dir: &std::path::Path, args: &[&str]) {
     let out = Command::new(bin("vigil"))

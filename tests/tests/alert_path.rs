@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vigil_tests::{bin, certs, json_lines, marker, poll_until, require_root, start_sensor, Proc};
+use vigil_tests::{
+    bin, certs, json_lines, marker, poll_until, require_root, start_collector, start_sensor, Proc,
+};
 
 fn vigil(args: &[&str]) -> std::process::Output {
     Command::new(bin("vigil"))
@@ -40,17 +42,8 @@ impl Deployment {
             .arg(dir.path().join("collector.db"))
             .args(["--tls-ca", &pem("ca.pem")])
             .args(["--tls-cert", &pem("collector.pem")])
-            .args(["--tls-key", &pem("collector-key.pem")])
-            .env("NO_COLOR", "1");
-        let mut collector = Proc::spawn("vigil-collector", cmd);
-        collector.wait_stderr("listening on", Duration::from_secs(20));
-        let address = collector
-            .stderr_text()
-            .lines()
-            .find_map(|l| l.split("listening on ").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("collector prints its address")
-            .to_owned();
+            .args(["--tls-key", &pem("collector-key.pem")]);
+        let (collector, address) = start_collector(cmd);
         Deployment {
             dir,
             collector,

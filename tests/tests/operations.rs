@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use vigil_tests::{bin, certs, json_lines, marker, poll_until, require_root, start_sensor, Proc};
+use vigil_tests::{
+    bin, certs, json_lines, marker, poll_until, require_root, start_collector, start_sensor, Proc,
+};
 
 /// A loopback TCP port nobody is listening on right now.
 fn free_port() -> u16 {
@@ -110,18 +112,8 @@ fn sighup_reloads_rules_the_new_rule_fires_to_the_collector_and_metrics_pass_pro
     )
     .expect("write collector.yaml");
     let mut cmd = Command::new(bin("vigil-collector"));
-    cmd.arg("--config")
-        .arg(&collector_yaml)
-        .env("NO_COLOR", "1");
-    let mut collector = Proc::spawn("vigil-collector", cmd);
-    collector.wait_stderr("listening on", Duration::from_secs(20));
-    let address = collector
-        .stderr_text()
-        .lines()
-        .find_map(|l| l.split("listening on ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("collector prints its address")
-        .to_owned();
+    cmd.arg("--config").arg(&collector_yaml);
+    let (collector, address) = start_collector(cmd);
 
     let old_marker = marker("ops-old");
     let new_marker = marker("ops-new");
