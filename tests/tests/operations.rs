@@ -306,3 +306,131 @@ fn a_broken_config_stops_start_naming_file_line_and_key() {
         collector_yaml.display()
     );
 }
+
+/// The verdict `vigil-sensor doctor` printed for check `name`, with its detail.
+fn doctor_line<'a>(stdout: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
+    stdout.lines().find_map(|line| {
+        let (verdict, rest) = line.split_once("  ")?;
+        let detail = rest.trim_start().strip_prefix(name)?.strip_prefix(": ")?;
+        Some((verdict.trim(), detail))
+    })
+}
+
+#[test]
+fn doctor_gives_a_verdict_per_check_and_fails_on_a_collector_it_cannot_trust() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (ours, theirs) = (d.join("certs"), d.join("other-ca"));
+    certs(&ours, &["init"]);
+    certs(&ours, &["issue", "--collector", "collector"]);
+    certs(&ours, &["issue", "--sensor", "doctor-sensor"]);
+    certs(&theirs, &["init"]);
+    certs(&theirs, &["issue", "--sensor", "doctor-sensor"]);
+    let pem = |dir: &std::path::Path, n: &str| dir.join(n).display().to_string();
+
+    let collector_yaml = d.join("collector.yaml");
+    std::fs::write(
+        &collector_yaml,
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: {}\ntls:\n  ca: {}\n  cert: {}\n  key: {}\n",
+            d.join("collector.db").display(),
+            pem(&ours, "ca.pem"),
+            pem(&ours, "collector.pem"),
+            pem(&ours, "collector-key.pem"),
+        ),
+    )
+    .expect("write collector.yaml");
+    let mut cmd = Command::new(bin("vigil-collector"));
+    cmd.arg("--config").arg(&collector_yaml);
+    let (collector, address) = start_collector(cmd);
+
+    let doctor = |certs_dir: &std::path::Path, tag: &str| {
+        let yaml = d.join(format!("sensor-{tag}.yaml"));
+        std::fs::write(
+            &yaml,
+            format!(
+                "rules: [{}]\ncollector:\n  address: {address}\n  ca: {}\n  cert: {}\n  key: {}\n",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../rules"),
+                pem(certs_dir, "ca.pem"),
+                pem(certs_dir, "doctor-sensor.pem"),
+                pem(certs_dir, "doctor-sensor-key.pem"),
+            ),
+        )
+        .expect("write sensor.yaml");
+        let out = Command::new(bin("vigil-sensor"))
+            .arg("--config")
+            .arg(&yaml)
+            .arg("doctor")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run vigil-sensor doctor");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!(
+            "doctor ({tag}):\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), stdout)
+    };
+
+    // Trusted collector: every line has a verdict, the host facts are right, and it passes.
+    let (passed, stdout) = doctor(&ours, "trusted");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    for (name, verdict, detail) in [
+        ("kernel", "OK", format!("Linux {}", release.trim())),
+        (
+            "collector",
+            "OK",
+            format!("{address} (localhost): mTLS handshake ok"),
+        ),
+    ] {
+        assert_eq!(
+            doctor_line(&stdout, name),
+            Some((verdict, detail.as_str())),
+            "doctor's {name} line:\n{stdout}"
+        );
+    }
+    for name in [
+        "btf",
+        "lockdown",
+        "cgroup2",
+        "clock",
+        "rules",
+        "certificate sensor",
+    ] {
+        let (verdict, _) = doctor_line(&stdout, name)
+            .unwrap_or_else(|| panic!("doctor printed no {name} line:\n{stdout}"));
+        assert!(
+            ["OK", "WARN"].contains(&verdict),
+            "{name}: {verdict}\n{stdout}"
+        );
+    }
+    assert_eq!(
+        doctor_line(&stdout, "btf").map(|l| l.0),
+        Some("OK"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("OK") && l.contains("hook exec")),
+        "no exec hook loads according to doctor:\n{stdout}"
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(
+        passed,
+        "doctor failed against a trusted collector:\n{stdout}"
+    );
+
+    // A sensor whose certificates come from another CA: the handshake check fails, and so does doctor.
+    let (passed, stdout) = doctor(&theirs, "foreign");
+    let (verdict, detail) = doctor_line(&stdout, "collector")
+        .unwrap_or_else(|| panic!("doctor printed no collector line:\n{stdout}"));
+    assert_eq!(verdict, "FAIL", "{stdout}");
+    assert!(detail.starts_with(&address), "{detail}");
+    assert!(
+        !passed,
+        "doctor passed against a collector it cannot trust:\n{stdout}"
+    );
+    drop(collector);
+}
