@@ -40,9 +40,26 @@ pub fn require_root() {
     );
 }
 
-/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+/// How much slower than real hardware this machine runs, from `VIGIL_TEST_TIME_SCALE`
+/// (default 1). `cargo xtask vm-test` sets it inside QEMU's software emulation, where every
+/// instruction costs several times more; on real machines the bounds hold as written.
+pub fn time_scale() -> u32 {
+    std::env::var("VIGIL_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// `d` stretched by [`time_scale`]: for waits and bounds measured in wall-clock time.
+pub fn scaled(d: Duration) -> Duration {
+    d * time_scale()
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` (scaled by [`time_scale`])
+/// passes.
 pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     loop {
         if let Some(value) = check() {
             return Some(value);

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use vigil_tests::{json_lines, marker, poll_until, require_root, start_sensor};
+use vigil_tests::{json_lines, marker, poll_until, require_root, scaled, start_sensor, time_scale};
 
 fn events_of(lines: &[String], action: &str, pid: u32) -> Vec<Value> {
     json_lines(lines)
@@ -129,7 +129,11 @@ fn sigterm_leaves_no_program_or_map_in_the_kernel() {
         status.success(),
         "sensor exit status after SIGTERM: {status}"
     );
-    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+    assert!(
+        took < scaled(Duration::from_secs(5)),
+        "SIGTERM took {took:?} (time scale {})",
+        time_scale()
+    );
     // The kernel frees programs and maps after the last reference goes, asynchronously.
     let leftovers = poll_until(Duration::from_secs(5), || {
         let (programs, maps) = our_kernel_objects();

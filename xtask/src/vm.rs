@@ -166,12 +166,23 @@ fn initramfs() -> anyhow::Result<PathBuf> {
     let busybox = which("busybox")?;
     std::fs::copy(&busybox, root.join("bin/busybox"))?;
     for applet in [
-        "mount", "mkdir", "poweroff", "cat", "echo", "sync", "true", "ln",
+        "mount",
+        "mkdir",
+        "poweroff",
+        "cat",
+        "echo",
+        "sync",
+        "ln",
+        "sha256sum",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     // A real shell as /bin/sh: the tests copy it under another name, which busybox refuses.
-    let mut binaries = vec![(which("dash")?, root.join("bin/sh"))];
+    // Real coreutils `true` too: the tests run copies of it under other names.
+    let mut binaries = vec![
+        (which("dash")?, root.join("bin/sh")),
+        (which("true")?, root.join("bin/true")),
+    ];
     binaries.push((test, root.join("vigil/kernel-tests")));
     for name in ["vigil-sensor", "vigil", "vigil-collector"] {
         binaries.push((built.bins.join(name), root.join("vigil").join(name)));
@@ -225,7 +236,8 @@ const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified
 echo "vm: kernel $(/bin/busybox uname -r), lockdown: $(/bin/busybox cat /sys/kernel/security/lockdown 2>/dev/null), lsm: $(/bin/busybox cat /sys/kernel/security/lsm 2>/dev/null)"
 /vigil/vigil-sensor doctor
-export VIGIL_BIN_DIR=/vigil PATH=/bin:/vigil HOME=/tmp TMPDIR=/tmp NO_COLOR=1
+# TCG emulates every instruction: wall-clock bounds in the tests are stretched 4 times.
+export VIGIL_BIN_DIR=/vigil PATH=/bin:/vigil HOME=/tmp TMPDIR=/tmp NO_COLOR=1 VIGIL_TEST_TIME_SCALE=4
 if /vigil/kernel-tests --test-threads=1; then echo "init: success"; else echo "init: failure"; fi
 /bin/busybox sync
 /bin/busybox poweroff -f
