@@ -7,8 +7,11 @@
 #![no_std]
 #![no_main]
 
+mod dns;
+mod socket;
 mod syscall;
 mod task;
+mod uring;
 
 use aya_ebpf::{
     helpers::{

@@ -2,15 +2,17 @@
 //! out ring-buffer records as they arrive. Dropping [`Capture`] detaches every program and
 //! frees every map: the kernel keeps nothing of ours once the sensor is gone.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::trace_point::TracePointLink;
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
-use vigil_common::{kind, SensorConfig, SyscallSpec, PREFIX_KEY_LEN};
+use vigil_common::{kind, SensorConfig, SocketOffsets, SyscallSpec, PREFIX_KEY_LEN};
+use vigil_proto::EventAction;
 
 use crate::config::ExecHook;
 use crate::offsets::{self, OffsetError};
@@ -86,6 +88,9 @@ pub struct CaptureOptions {
     pub file_prefixes: Option<Vec<String>>,
     /// Capture syscalls (files, network, privilege, kernel); off leaves only exec/fork/exit.
     pub syscalls: bool,
+    /// Actions to capture (see [`crate::pushdown`]); `None`: every kind. Exec, fork and exit
+    /// are always attached.
+    pub actions: Option<HashSet<EventAction>>,
     /// Ring buffer sizes in bytes (power of two, multiple of the page size); `None`: built-in.
     pub critical_ring_bytes: Option<u32>,
     pub bulk_ring_bytes: Option<u32>,
@@ -120,8 +125,29 @@ impl Capture {
             prefix_filter: u32::from(options.file_prefixes.is_some()),
             offsets: offsets::kernel_offsets(Path::new(offsets::KERNEL_BTF))?,
         };
+        // Without them DNS is not captured and sockets have no transport: worth a warning,
+        // not a refusal to start.
+        let socket_offsets = offsets::socket_offsets(Path::new(offsets::KERNEL_BTF))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "socket fields not found: no DNS capture, no socket types");
+                SocketOffsets {
+                    task_files: SocketOffsets::UNAVAILABLE,
+                    files_fdt: SocketOffsets::UNAVAILABLE,
+                    fdt_max_fds: SocketOffsets::UNAVAILABLE,
+                    fdt_fd: SocketOffsets::UNAVAILABLE,
+                    file_private_data: SocketOffsets::UNAVAILABLE,
+                    socket_type: SocketOffsets::UNAVAILABLE,
+                    socket_file: SocketOffsets::UNAVAILABLE,
+                    socket_sk: SocketOffsets::UNAVAILABLE,
+                    sk_family: SocketOffsets::UNAVAILABLE,
+                    sk_dport: SocketOffsets::UNAVAILABLE,
+                    sk_protocol: SocketOffsets::UNAVAILABLE,
+                    _pad: 0,
+                }
+            });
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
+        loader.override_global("SOCKET_OFFSETS", &socket_offsets, true);
         if let Some(bytes) = options.critical_ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -141,9 +167,31 @@ impl Capture {
             if let Some(prefixes) = &options.file_prefixes {
                 load_prefixes(&mut ebpf, prefixes)?;
             }
-            let (choice, links) = attach_syscalls(&mut ebpf)?;
+            let wants = |action: EventAction| {
+                options
+                    .actions
+                    .as_ref()
+                    .is_none_or(|actions| actions.contains(&action))
+            };
+            let (choice, links) = attach_syscalls(&mut ebpf, &wants)?;
             hooks.push(choice);
             syscall_links = links;
+            // DNS answers also name later connects.
+            if wants(EventAction::DnsQuery) || wants(EventAction::Connect) {
+                let (choice, links) = attach_dns(&mut ebpf)?;
+                hooks.push(choice);
+                syscall_links.extend(links);
+            }
+            if wants(EventAction::IoUring) {
+                match attach_uring(&mut ebpf) {
+                    Ok((choice, links)) => {
+                        hooks.push(choice);
+                        syscall_links.extend(links);
+                    }
+                    // A kernel without io_uring (or with it compiled out) has nothing to watch.
+                    Err(e) => tracing::warn!(error = %e, "io_uring is not watched"),
+                }
+            }
         }
         let critical = register(take_map(&mut ebpf, "EVENTS")?)?;
         let bulk = register(take_map(&mut ebpf, "BULK")?)?;
@@ -279,8 +327,23 @@ fn load_prefixes(ebpf: &mut Ebpf, prefixes: &[String]) -> Result<(), CaptureErro
 
 /// Attaches the generic enter/exit programs to every syscall of [`syscalls::table`] this
 /// kernel has, and fills the spec map. A syscall without tracepoints is reported, not fatal.
-fn attach_syscalls(ebpf: &mut Ebpf) -> Result<(HookChoice, Vec<TracePointLink>), CaptureError> {
-    let table = syscalls::table();
+fn attach_syscalls(
+    ebpf: &mut Ebpf,
+    wants: &dyn Fn(EventAction) -> bool,
+) -> Result<(HookChoice, Vec<TracePointLink>), CaptureError> {
+    let (table, unwanted): (Vec<_>, Vec<_>) = syscalls::table().into_iter().partition(|c| {
+        syscalls::actions_of(c.spec.kind)
+            .iter()
+            .any(|action| wants(*action))
+    });
+    if !unwanted.is_empty() {
+        let mut names: Vec<&str> = unwanted.iter().map(|c| c.name).collect();
+        names.dedup();
+        tracing::info!(
+            syscalls = %names.join(","),
+            "not attached: no rule or setting selects their events"
+        );
+    }
     {
         let map = ebpf
             .map_mut("SPECS")
@@ -341,6 +404,125 @@ fn attach_syscalls(ebpf: &mut Ebpf) -> Result<(HookChoice, Vec<TracePointLink>),
         ),
     };
     Ok((choice, links))
+}
+
+fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
+    move |source| CaptureError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+/// Loads a tracepoint program and attaches it to every `(category, name)`; returns the links
+/// and the tracepoints that could not be attached, with why.
+fn attach_each(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    event: &'static str,
+    tracepoints: &[(&str, String)],
+) -> Result<(Vec<TracePointLink>, Vec<String>), CaptureError> {
+    let prog: &mut TracePoint = find(ebpf, program).map_err(|reasons| CaptureError::Attach {
+        event,
+        reasons: format!("{program}: {reasons}"),
+    })?;
+    prog.load().map_err(|e| CaptureError::Attach {
+        event,
+        reasons: format!("{program}: load: {e}"),
+    })?;
+    let mut links = Vec::new();
+    let mut missing = Vec::new();
+    for (category, name) in tracepoints {
+        match prog.attach(category, name) {
+            Ok(id) => {
+                if let Ok(link) = prog.take_link(id) {
+                    links.push(link);
+                }
+            }
+            Err(e) => missing.push(format!("{category}/{name}: {e}")),
+        }
+    }
+    Ok((links, missing))
+}
+
+/// DNS over UDP: its own enter/exit programs on the datagram syscalls (see sensor-ebpf's dns.rs).
+fn attach_dns(ebpf: &mut Ebpf) -> Result<(HookChoice, Vec<TracePointLink>), CaptureError> {
+    {
+        let map = ebpf
+            .map_mut("DNS_SYSCALLS")
+            .ok_or(CaptureError::MissingProgram {
+                program: "DNS_SYSCALLS",
+            })?;
+        let mut ops: AyaHashMap<_, u32, u32> =
+            AyaHashMap::try_from(map).map_err(map_error("DNS_SYSCALLS"))?;
+        for (_, nr, op) in syscalls::dns_syscalls() {
+            ops.insert(nr as u32, op, 0)
+                .map_err(map_error("DNS_SYSCALLS"))?;
+        }
+    }
+    let mut links = Vec::new();
+    let mut missing = Vec::new();
+    for (program, phase) in [("dns_enter", "enter"), ("dns_exit", "exit")] {
+        let tracepoints: Vec<(&str, String)> = syscalls::dns_syscalls()
+            .iter()
+            .map(|(name, _, _)| ("syscalls", format!("sys_{phase}_{name}")))
+            .collect();
+        let (l, m) = attach_each(ebpf, program, "dns", &tracepoints)?;
+        links.extend(l);
+        missing.extend(m);
+    }
+    if !missing.is_empty() {
+        tracing::info!(missing = %missing.join("; "), "DNS tracepoints this kernel lacks");
+    }
+    Ok((
+        HookChoice {
+            event: "dns",
+            hook: "tracepoint/syscalls/sys_{enter,exit}_{sendto,sendmsg,sendmmsg,recvfrom,recvmsg,recvmmsg} (UDP, port 53)".into(),
+        },
+        links,
+    ))
+}
+
+/// io_uring requests: submission, file lookup and completion tracepoints (see uring.rs).
+fn attach_uring(ebpf: &mut Ebpf) -> Result<(HookChoice, Vec<TracePointLink>), CaptureError> {
+    {
+        let map = ebpf
+            .map_mut("URING_OPS")
+            .ok_or(CaptureError::MissingProgram {
+                program: "URING_OPS",
+            })?;
+        let mut ops: Array<_, u32> = Array::try_from(map).map_err(map_error("URING_OPS"))?;
+        for (op, _) in syscalls::URING_OPS {
+            ops.set(u32::from(*op), 1, 0)
+                .map_err(map_error("URING_OPS"))?;
+        }
+    }
+    let mut links = Vec::new();
+    for (program, tracepoint) in [
+        ("uring_submit", "io_uring_submit_req"),
+        ("uring_file", "io_uring_file_get"),
+        ("uring_complete", "io_uring_complete"),
+    ] {
+        let (l, missing) = attach_each(
+            ebpf,
+            program,
+            "io_uring",
+            &[("io_uring", tracepoint.to_owned())],
+        )?;
+        if let Some(reason) = missing.into_iter().next() {
+            return Err(CaptureError::Attach {
+                event: "io_uring",
+                reasons: reason,
+            });
+        }
+        links.extend(l);
+    }
+    Ok((
+        HookChoice {
+            event: "io_uring",
+            hook: "tracepoint/io_uring/io_uring_{submit_req,file_get,complete}".into(),
+        },
+        links,
+    ))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, CaptureError>

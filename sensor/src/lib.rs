@@ -8,6 +8,7 @@ pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod describe;
+pub mod dns;
 pub mod doctor;
 pub mod enrich;
 pub mod enroll;
@@ -15,6 +16,7 @@ pub mod hashing;
 pub mod metrics;
 pub mod offsets;
 pub mod procfs;
+pub mod pushdown;
 pub mod redact;
 pub mod ship;
 pub mod spool;
@@ -81,7 +83,15 @@ pub async fn run(
     let ctx = procfs::host_context();
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
-    let file_prefixes = config.file_prefixes();
+    let plan = pushdown::plan(&config, &rules.kernel_filter());
+    for note in &plan.notes {
+        tracing::info!("kernel filter: {note}");
+    }
+    let pushdown::CapturePlan {
+        actions,
+        file_prefixes,
+        notes: _,
+    } = plan;
     let mut enricher = Enricher::new(ctx, view).with_file_prefixes(file_prefixes.clone());
     let seeded = seed.len();
     for info in seed {
@@ -90,6 +100,7 @@ pub async fn run(
     let options = CaptureOptions {
         exec_hook: config.exec_hook,
         file_prefixes,
+        actions,
         syscalls: config.syscalls,
         critical_ring_bytes: config.critical_ring_bytes,
         bulk_ring_bytes: config.bulk_ring_bytes,

@@ -115,6 +115,7 @@ fn connects_over_ipv4_and_ipv6_carry_the_remote_address() {
             if addr.is_ipv4() { "ipv4" } else { "ipv6" }
         );
         assert_eq!(connect["network"]["direction"], "egress");
+        assert_eq!(connect["network"]["transport"], "tcp");
         assert!(connect.get("error").is_none(), "{connect}");
     }
 }
@@ -375,4 +376,198 @@ fn a_flooded_bulk_lane_counts_every_loss_reports_it_in_band_and_never_costs_an_e
         "lost {reported_lost} far above what the flood could lose ({})",
         produced - delivered
     );
+}
+
+/// The answer the test's resolver gives for [`DNS_NAME`]: on loopback, but not the resolver's
+/// own address, so a connect can only carry the name through the answer.
+const DNS_ANSWER: [u8; 4] = [127, 0, 0, 2];
+const DNS_NAME: &str = "c2.vigil-test.example";
+
+/// Brings `lo` up in the calling thread's network namespace.
+fn loopback_up() {
+    // SAFETY: a socket for the ioctl, a zeroed ifreq with the name and flags set, closed after.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket for SIOCSIFFLAGS");
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        request.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &request);
+        libc::close(fd);
+        assert_eq!(rc, 0, "bringing lo up: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Answers every query on `socket`: A queries for [`DNS_NAME`] with [`DNS_ANSWER`], anything
+/// else with an empty NOERROR, until `done` returns true. Returns the queries' names.
+fn respond(socket: &std::net::UdpSocket, mut done: impl FnMut() -> bool) -> Vec<String> {
+    use simple_dns::{rdata, Packet, ResourceRecord, CLASS, QTYPE, TYPE};
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("read timeout");
+    let mut asked = Vec::new();
+    let mut buf = [0u8; 512];
+    while !done() {
+        let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let Ok(query) = Packet::parse(&buf[..len]) else {
+            continue;
+        };
+        let mut reply = Packet::new_reply(query.id());
+        for question in &query.questions {
+            asked.push(question.qname.to_string());
+            reply.questions.push(question.clone());
+            if question.qtype == QTYPE::TYPE(TYPE::A) && question.qname.to_string() == DNS_NAME {
+                reply.answers.push(ResourceRecord::new(
+                    question.qname.clone(),
+                    CLASS::IN,
+                    60,
+                    rdata::RData::A(rdata::A {
+                        address: u32::from(std::net::Ipv4Addr::from(DNS_ANSWER)),
+                    }),
+                ));
+            }
+        }
+        let bytes = reply.build_bytes_vec().expect("build the answer");
+        socket.send_to(&bytes, peer).expect("send the answer");
+    }
+    asked
+}
+
+/// In a network and mount namespace of its own (a thread of the test: namespaces are per
+/// thread, and a child inherits its spawning thread's), with /etc/resolv.conf pointing at a
+/// resolver the test runs on 127.0.0.1:53: the actor resolves a name through the C library and
+/// connects to the answer. Returns the actor's pid, its stdout and the names it asked.
+fn resolve_in_a_private_network(name: &'static str) -> (u32, String, Vec<String>) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let resolv = scratch.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n",
+    )
+    .expect("write resolv.conf");
+    std::thread::spawn(move || {
+        use nix::mount::{mount, MsFlags};
+        use nix::sched::{unshare, CloneFlags};
+        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare net+mnt");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make mounts private");
+        mount(
+            Some(&resolv),
+            "/etc/resolv.conf",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind-mount resolv.conf");
+        loopback_up();
+        let resolver = std::net::UdpSocket::bind("127.0.0.1:53").expect("bind 127.0.0.1:53");
+        let listener =
+            TcpListener::bind((std::net::Ipv4Addr::from(DNS_ANSWER), 0)).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let mut child = Command::new(ACTOR)
+            .args(["resolve-connect", name, &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start vigil-actor");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let asked = respond(&resolver, || {
+            matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline
+        });
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait for vigil-actor");
+        assert!(
+            out.status.success(),
+            "vigil-actor resolve-connect failed: {out:?}"
+        );
+        drop(scratch);
+        (
+            pid,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            asked,
+        )
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+#[test]
+fn a_dns_lookup_is_captured_and_names_the_connect_to_its_answer() {
+    require_root();
+    let sensor = sensor();
+    let (pid, out, asked) = resolve_in_a_private_network(DNS_NAME);
+    assert!(
+        asked.iter().any(|n| n == DNS_NAME),
+        "the resolver was not asked: {asked:?}"
+    );
+    assert!(out.contains("resolved 127.0.0.2:"), "{out}");
+
+    let query = event_where(&sensor, pid, "dns_query", |e| {
+        e["dns"]["type"] == "query" && e["dns"]["question"]["type"] == "A"
+    });
+    assert_eq!(query["dns"]["question"]["name"], DNS_NAME);
+    assert_eq!(query["network"]["transport"], "udp");
+    assert_eq!(query["network"]["direction"], "egress");
+    assert!(query.get("error").is_none(), "{query}");
+
+    let answer = event_where(&sensor, pid, "dns_query", |e| {
+        e["dns"]["type"] == "answer" && e["dns"]["question"]["type"] == "A"
+    });
+    assert_eq!(answer["dns"]["question"]["name"], DNS_NAME);
+    assert_eq!(
+        answer["dns"]["resolved_ip"],
+        serde_json::json!(["127.0.0.2"])
+    );
+    assert_eq!(answer["dns"]["response_code"], "NOERROR");
+    assert_eq!(
+        answer["dns"]["id"], query["dns"]["id"],
+        "the answer pairs with the query"
+    );
+    assert_eq!(answer["destination"]["ip"], "127.0.0.1");
+    assert_eq!(answer["destination"]["port"], 53);
+    assert_eq!(answer["network"]["direction"], "ingress");
+
+    // The C library connects its UDP socket to the resolver first: a udp connect.
+    let to_resolver = event_where(&sensor, pid, "connect", |e| {
+        e["destination"]["ip"] == "127.0.0.1" && e["destination"]["port"] == 53
+    });
+    assert_eq!(to_resolver["network"]["transport"], "udp");
+    let connect = event_where(&sensor, pid, "connect", |e| {
+        e["destination"]["ip"] == "127.0.0.2"
+    });
+    assert_eq!(connect["destination"]["domain"], DNS_NAME);
+    assert_eq!(connect["network"]["transport"], "tcp");
+}
+
+#[test]
+fn file_io_through_io_uring_is_seen_with_its_file() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("uring.txt");
+    let p = path.to_str().expect("utf-8");
+    let sensor = sensor();
+    let (pid, out) = act(&["uring-write-read", p]);
+    assert!(
+        out.contains("uring ok"),
+        "the actor's io_uring I/O failed: {out}"
+    );
+    for (op, user_data) in [("WRITE", "0x1"), ("READ", "0x2")] {
+        let event = event_where(&sensor, pid, "io_uring", |e| {
+            e["details"]["io_uring.opcode"] == op
+        });
+        assert_eq!(event["file"]["path"], p, "{op}: {event}");
+        assert_eq!(event["details"]["io_uring.result"], "11", "{op}: 11 bytes");
+        assert_eq!(event["details"]["io_uring.user_data"], user_data);
+        assert!(event.get("error").is_none(), "{event}");
+    }
 }
