@@ -2,6 +2,10 @@
 //! read ([`vigil_detect::RuleSet::kernel_filter`]). A kind in neither is not attached at all;
 //! the file path prefixes rules test are added to the kernel's prefix filter, so that a rule
 //! on a path outside the configured prefixes still sees its events.
+//!
+//! NB: the rule compiler folds case-insensitive path tests to lower case, and the kernel's
+//! prefix trie compares bytes: a rule prefix pushed down admits the lower-case spelling of the
+//! path only. Linux paths are case-sensitive and rules write them as they are, in lower case.
 
 use std::collections::HashSet;
 

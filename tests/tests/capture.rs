@@ -571,3 +571,86 @@ fn file_io_through_io_uring_is_seen_with_its_file() {
         assert!(event.get("error").is_none(), "{event}");
     }
 }
+
+#[test]
+fn with_capture_kinds_rules_the_kernel_captures_only_what_the_rules_read() {
+    require_root();
+    // NB: Sigma compares paths case-insensitively and the rule compiler folds them to lower
+    // case; the kernel's prefix trie compares bytes, so the watched name is lower case.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let watched = tempfile::Builder::new()
+        .prefix(&format!("vigil-pushdown-{}-{nanos}", std::process::id()))
+        .rand_bytes(0)
+        .tempdir()
+        .expect("tempdir");
+    let unwatched = tempfile::tempdir().expect("tempdir");
+    let rules = tempfile::tempdir().expect("tempdir");
+    let prefix = format!("{}/", watched.path().display());
+    std::fs::write(
+        rules.path().join("file.yml"),
+        format!(
+            "title: watched dir\nid: pushdown-file\nlogsource: {{product: linux, category: file_access}}\ndetection: {{s: {{TargetFilename|startswith: '{prefix}'}}, condition: s}}\nlevel: low\n"
+        ),
+    )
+    .expect("write rule");
+    std::fs::write(
+        rules.path().join("net.yml"),
+        "title: port 4444\nid: pushdown-net\nlogsource: {product: linux, category: network_connection}\ndetection: {s: {DestinationPort: 4444}, condition: s}\nlevel: low\n",
+    )
+    .expect("write rule");
+    // No configured prefix covers either directory: only the rule's prefix can let opens in.
+    let config = watched.path().join("sensor.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "output: stdout\ncapture_kinds: [rules]\nfile_prefixes: [\"/vigil-nothing-here/\"]\nrules: [\"{}\"]\n",
+            rules.path().display()
+        ),
+    )
+    .expect("write config");
+    let sensor = start_sensor(&["--config", config.to_str().expect("utf-8")]);
+    let log = sensor.stderr_text();
+    let skipped = log
+        .lines()
+        .find(|l| l.contains("not attached: no rule or setting selects their events"))
+        .unwrap_or_else(|| panic!("no kinds left unattached:\n{log}"));
+    for syscall in ["chmod", "ptrace", "mount", "setuid", "unlink"] {
+        assert!(skipped.contains(syscall), "{syscall} attached: {skipped}");
+    }
+    for syscall in ["openat", "connect"] {
+        assert!(
+            !skipped.contains(&format!("{syscall},")) && !skipped.ends_with(syscall),
+            "{syscall} left out: {skipped}"
+        );
+    }
+
+    let existing = watched.path().join("existing");
+    std::fs::write(&existing, b"x").expect("write");
+    let (chmod_pid, _) = act(&["chmod", existing.to_str().expect("utf-8"), "600"]);
+    let elsewhere = unwatched.path().join("elsewhere");
+    let (elsewhere_pid, _) = act(&["open-write", elsewhere.to_str().expect("utf-8")]);
+    let inside = watched.path().join("inside");
+    let inside = inside.to_str().expect("utf-8");
+    let (inside_pid, _) = act(&["open-write", inside]);
+    event_where(&sensor, inside_pid, "open", |e| e["file"]["path"] == inside);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let (connect_pid, _) = act(&["connect", &listener.local_addr().expect("addr").to_string()]);
+    event_of(&sensor, connect_pid, "connect");
+
+    let events = json_lines(&sensor.stdout_lines());
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["process"]["pid"] == chmod_pid && e["event"]["action"] == "chmod"),
+        "chmod is read by no rule, yet was captured"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["process"]["pid"] == elsewhere_pid && e["event"]["action"] == "open"),
+        "an open outside the rule's prefix was captured"
+    );
+}
