@@ -303,6 +303,22 @@ impl SocketOffsets {
     pub const UNAVAILABLE: u32 = u32::MAX;
 }
 
+/// [`SyscallRecord::nr`] of records that come from a kernel-function hook rather than a
+/// syscall (no real syscall number is that large).
+pub mod hook_nr {
+    /// An open seen by fentry `security_file_open` or LSM `file_open`.
+    pub const FILE_OPEN: u32 = 0xffff_0001;
+}
+
+/// Offsets of `struct file` fields the file-open hooks read (see [`KernelOffsets`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOffsets {
+    pub file_f_path: u32,
+    pub file_f_flags: u32,
+}
+const _: () = assert!(size_of::<FileOffsets>() == 8);
+
 /// One of the DNS-carrying syscalls, as the loader tells the DNS programs (values of the
 /// `DNS_SYSCALLS` map, keyed by syscall number).
 pub mod dns_op {
@@ -324,4 +340,6 @@ mod user {
     unsafe impl aya::Pod for super::SyscallSpec {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SocketOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FileOffsets {}
 }

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod dns;
+mod fileopen;
 mod socket;
 mod syscall;
 mod task;

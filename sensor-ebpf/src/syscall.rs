@@ -202,7 +202,7 @@ pub(crate) fn read_sockaddr(record: &mut SyscallRecord, ptr: u64, len: u64) {
 /// True when the path is relative (resolved and filtered in userspace) or starts with a
 /// watched prefix.
 #[inline(always)]
-fn watched(path: &[u8]) -> bool {
+pub(crate) fn watched(path: &[u8]) -> bool {
     if CONFIG.load().prefix_filter == 0 {
         return true;
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::trace_point::TracePointLink;
-use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, FEntry, Lsm, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use vigil_common::{kind, SensorConfig, SocketOffsets, SyscallSpec, PREFIX_KEY_LEN};
@@ -54,6 +54,46 @@ pub enum CaptureError {
 pub struct HookChoice {
     pub event: &'static str,
     pub hook: String,
+}
+
+/// A hook tried for an event kind and refused by the kernel (or not tried, and why), ahead of
+/// the one in use: the probe's report of the fallback chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookRefusal {
+    pub event: &'static str,
+    pub hook: String,
+    /// Why: the errno by name first where the kernel gave one (`EPERM: ...`).
+    pub reason: String,
+}
+
+/// An error's text, led by the errno of the first OS error in its chain.
+fn refusal(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut errno = None;
+    let mut text = error.to_string();
+    while let Some(e) = source {
+        if let Some(code) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            errno = Some(format!("{:?}", nix::errno::Errno::from_raw(code)));
+            if !text.contains(&e.to_string()) {
+                text = format!("{text}: {e}");
+            }
+            break;
+        }
+        source = e.source();
+    }
+    // aya ends a load error with the verifier's log, empty when the kernel refused before
+    // verifying.
+    let text = text
+        .trim_end()
+        .trim_end_matches("Verifier output:")
+        .trim_end();
+    match errno {
+        Some(errno) => format!("{errno}: {text}"),
+        None => text.to_owned(),
+    }
 }
 
 /// Per-kind totals over all CPUs.
@@ -108,6 +148,7 @@ pub struct Capture {
     faults: PerCpuArray<MapData, u64>,
     received: [u64; kind::COUNT as usize],
     hooks: Vec<HookChoice>,
+    refused: Vec<HookRefusal>,
     /// Syscall tracepoint links, owned here so that [`Drop`] can detach them in parallel.
     syscall_links: Vec<TracePointLink>,
     _ebpf: Ebpf,
@@ -148,6 +189,10 @@ impl Capture {
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
         loader.override_global("SOCKET_OFFSETS", &socket_offsets, true);
+        let file_offsets = offsets::file_offsets(Path::new(offsets::KERNEL_BTF));
+        if let Ok(file_offsets) = &file_offsets {
+            loader.override_global("FILE_OFFSETS", file_offsets, true);
+        }
         if let Some(bytes) = options.critical_ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -158,6 +203,7 @@ impl Capture {
             .load(EBPF_OBJECT)
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
         let mut syscall_links = Vec::new();
+        let mut refused = Vec::new();
         let mut hooks = vec![
             attach_exec(&mut ebpf, options.exec_hook)?,
             attach_raw(&mut ebpf, "fork", "sched_process_fork", "fork")?,
@@ -173,7 +219,33 @@ impl Capture {
                     .as_ref()
                     .is_none_or(|actions| actions.contains(&action))
             };
-            let (choice, links) = attach_syscalls(&mut ebpf, &wants)?;
+            // File opens: a kernel-function hook where the kernel allows one, else the
+            // syscall tracepoints (which then carry opens with the other syscalls).
+            let open_hook = if wants(EventAction::Open) {
+                let chosen = match &file_offsets {
+                    Ok(_) => attach_file_open(&mut ebpf, &mut refused),
+                    Err(e) => {
+                        for hook in FILE_OPEN_HOOKS {
+                            refused.push(HookRefusal {
+                                event: "file open",
+                                hook: hook.1.into(),
+                                reason: format!("not tried: {e}"),
+                            });
+                        }
+                        None
+                    }
+                };
+                hooks.push(chosen.clone().unwrap_or(HookChoice {
+                    event: "file open",
+                    hook: "tracepoint/syscalls/sys_{enter,exit}_{openat,open,creat,openat2}".into(),
+                }));
+                chosen
+            } else {
+                None
+            };
+            let (choice, links) = attach_syscalls(&mut ebpf, &|action| {
+                wants(action) && !(action == EventAction::Open && open_hook.is_some())
+            })?;
             hooks.push(choice);
             syscall_links = links;
             // DNS answers also name later connects.
@@ -208,12 +280,18 @@ impl Capture {
             received: [0; kind::COUNT as usize],
             syscall_links,
             hooks,
+            refused,
             _ebpf: ebpf,
         })
     }
 
     pub fn hooks(&self) -> &[HookChoice] {
         &self.hooks
+    }
+
+    /// Hooks the kernel refused, in the order they were tried, before the ones in use.
+    pub fn refused(&self) -> &[HookRefusal] {
+        &self.refused
     }
 
     /// Waits until records are ready, then passes them to `sink`, the critical lane first, at
@@ -650,6 +728,68 @@ fn choose(
             reasons: format!("{hook}: {reason}"),
         }),
     }
+}
+
+/// The kernel-function hooks for file opens, best first: (program, hook name).
+const FILE_OPEN_HOOKS: [(&str, &str); 2] = [
+    ("file_open_fentry", "fentry/security_file_open"),
+    ("file_open_lsm", "lsm/file_open"),
+];
+
+/// Tries fentry `security_file_open`, then LSM `file_open`; the first that loads and attaches
+/// carries file opens. Each refusal is kept with its errno.
+fn attach_file_open(ebpf: &mut Ebpf, refused: &mut Vec<HookRefusal>) -> Option<HookChoice> {
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => {
+            for (_, hook) in FILE_OPEN_HOOKS {
+                refused.push(HookRefusal {
+                    event: "file open",
+                    hook: hook.into(),
+                    reason: format!("not tried: no kernel BTF: {}", refusal(&e)),
+                });
+            }
+            return None;
+        }
+    };
+    for (program, hook) in FILE_OPEN_HOOKS {
+        let attempt = (|| -> Result<(), String> {
+            let found = ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("program {program} missing"))?;
+            if program == "file_open_fentry" {
+                let prog: &mut FEntry = found.try_into().map_err(|e| refusal(&e))?;
+                prog.load("security_file_open", &btf)
+                    .map_err(|e| format!("load: {}", refusal(&e)))?;
+                prog.attach()
+                    .map_err(|e| format!("attach: {}", refusal(&e)))?;
+            } else {
+                let prog: &mut Lsm = found.try_into().map_err(|e| refusal(&e))?;
+                prog.load("file_open", &btf)
+                    .map_err(|e| format!("load: {}", refusal(&e)))?;
+                prog.attach()
+                    .map_err(|e| format!("attach: {}", refusal(&e)))?;
+            }
+            Ok(())
+        })();
+        match attempt {
+            Ok(()) => {
+                return Some(HookChoice {
+                    event: "file open",
+                    hook: hook.into(),
+                })
+            }
+            Err(reason) => {
+                tracing::info!(hook, %reason, "file open hook refused, trying the next");
+                refused.push(HookRefusal {
+                    event: "file open",
+                    hook: hook.into(),
+                    reason,
+                });
+            }
+        }
+    }
+    None
 }
 
 /// Tracepoint attachment reads event ids from tracefs; some hosts do not mount it.

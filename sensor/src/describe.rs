@@ -38,6 +38,9 @@ fn arg_i32(value: u64) -> i32 {
 }
 
 fn name(nr: u32) -> &'static str {
+    if nr == vigil_common::hook_nr::FILE_OPEN {
+        return "security_file_open";
+    }
     crate::syscalls::table()
         .into_iter()
         .map(|c| (c.name, c.nr))

@@ -15,6 +15,7 @@ pub mod enroll;
 pub mod hashing;
 pub mod metrics;
 pub mod offsets;
+pub mod probe;
 pub mod procfs;
 pub mod pushdown;
 pub mod redact;
@@ -107,8 +108,13 @@ pub async fn run(
     };
     let mut capture =
         Capture::start(std::process::id(), &options).context("starting kernel capture")?;
+    for refused in capture.refused() {
+        tracing::info!(event = refused.event, hook = %refused.hook, reason = %refused.reason, "hook refused, fell back");
+        metrics.hook(refused.event, &refused.hook, false);
+    }
     for hook in capture.hooks() {
         tracing::info!(event = hook.event, hook = %hook.hook, "attached");
+        metrics.hook(hook.event, &hook.hook, true);
     }
     tracing::info!(
         rules = rules.len(),

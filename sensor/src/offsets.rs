@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
-use vigil_common::{KernelOffsets, SocketOffsets};
+use vigil_common::{FileOffsets, KernelOffsets, SocketOffsets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
@@ -85,6 +85,19 @@ pub fn socket_offsets(path: &Path) -> Result<SocketOffsets, OffsetError> {
         // A u16 since 5.6; before, a bitfield this reader cannot take (left unavailable).
         sk_protocol: field("sock", &["sk_protocol"]).unwrap_or(SocketOffsets::UNAVAILABLE),
         _pad: 0,
+    })
+}
+
+/// Resolves the `struct file` fields the file-open hooks read.
+pub fn file_offsets(path: &Path) -> Result<FileOffsets, OffsetError> {
+    let btf = Btf::from_file(path).map_err(|source| OffsetError::Btf {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let resolver = Resolver { btf: &btf };
+    Ok(FileOffsets {
+        file_f_path: resolver.offset_of_any("file", &["f_path"])?,
+        file_f_flags: resolver.offset_of_any("file", &["f_flags"])?,
     })
 }
 
