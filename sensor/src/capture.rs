@@ -151,7 +151,9 @@ pub struct Capture {
     refused: Vec<HookRefusal>,
     /// Syscall tracepoint links, owned here so that [`Drop`] can detach them in parallel.
     syscall_links: Vec<TracePointLink>,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Whether the kernel's prefix filter is in force (fixed at load: a read-only global).
+    prefix_filter: bool,
 }
 
 impl Capture {
@@ -281,12 +283,52 @@ impl Capture {
             syscall_links,
             hooks,
             refused,
-            _ebpf: ebpf,
+            ebpf,
+            prefix_filter: options.file_prefixes.is_some(),
         })
     }
 
     pub fn hooks(&self) -> &[HookChoice] {
         &self.hooks
+    }
+
+    /// Replaces the watched prefixes in the running kernel filter, without reloading a
+    /// program: new ones are added before stale ones go, so no watched path is missed on the
+    /// way. Switching the filter on or off needs a restart (it is fixed at load).
+    pub fn set_file_prefixes(&mut self, prefixes: Option<&[String]>) -> Result<(), CaptureError> {
+        let Some(prefixes) = prefixes else {
+            if self.prefix_filter {
+                tracing::warn!("file_prefixes now admit every path: restart the sensor to lift the kernel filter");
+            }
+            return Ok(());
+        };
+        if !self.prefix_filter {
+            tracing::warn!("a kernel prefix filter needs a restart to come into force");
+            return Ok(());
+        }
+        load_prefixes(&mut self.ebpf, prefixes)?;
+        let map = self
+            .ebpf
+            .map_mut("PREFIXES")
+            .ok_or(CaptureError::MissingProgram {
+                program: "PREFIXES",
+            })?;
+        let mut trie: LpmTrie<_, [u8; PREFIX_KEY_LEN], u8> =
+            LpmTrie::try_from(map).map_err(map_error("PREFIXES"))?;
+        let wanted: HashSet<(u32, [u8; PREFIX_KEY_LEN])> = prefixes
+            .iter()
+            .map(|p| prefix_key(p))
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        let stale: Vec<Key<[u8; PREFIX_KEY_LEN]>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale {
+            trie.remove(&key).map_err(map_error("PREFIXES"))?;
+        }
+        Ok(())
     }
 
     /// Hooks the kernel refused, in the order they were tried, before the ones in use.
@@ -376,6 +418,15 @@ fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, Capture
     unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Poll(e.into()))
 }
 
+/// A prefix as the trie's key. Longer prefixes are cut to the key length: the kernel then
+/// over-approximates and userspace checks the whole path.
+fn prefix_key(prefix: &str) -> Key<[u8; PREFIX_KEY_LEN]> {
+    let bytes = &prefix.as_bytes()[..prefix.len().min(PREFIX_KEY_LEN)];
+    let mut data = [0u8; PREFIX_KEY_LEN];
+    data[..bytes.len()].copy_from_slice(bytes);
+    Key::new((bytes.len() * 8) as u32, data)
+}
+
 fn load_prefixes(ebpf: &mut Ebpf, prefixes: &[String]) -> Result<(), CaptureError> {
     let map = ebpf
         .map_mut("PREFIXES")
@@ -388,13 +439,7 @@ fn load_prefixes(ebpf: &mut Ebpf, prefixes: &[String]) -> Result<(), CaptureErro
             source: Box::new(source),
         })?;
     for prefix in prefixes {
-        // Longer prefixes are cut to the key length: the kernel then over-approximates and
-        // userspace checks the whole path.
-        let bytes = &prefix.as_bytes()[..prefix.len().min(PREFIX_KEY_LEN)];
-        let mut data = [0u8; PREFIX_KEY_LEN];
-        data[..bytes.len()].copy_from_slice(bytes);
-        let key = Key::new((bytes.len() * 8) as u32, data);
-        trie.insert(&key, 1, 0)
+        trie.insert(&prefix_key(prefix), 1, 0)
             .map_err(|source| CaptureError::Map {
                 map: "PREFIXES",
                 source: Box::new(source),

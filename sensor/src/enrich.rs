@@ -152,6 +152,11 @@ impl<V: SystemView> Enricher<V> {
         }
     }
 
+    /// Replaces the watched prefixes (after a rule reload).
+    pub fn set_file_prefixes(&mut self, prefixes: Option<Vec<String>>) {
+        self.file_prefixes = prefixes;
+    }
+
     pub fn with_file_prefixes(mut self, prefixes: Option<Vec<String>>) -> Self {
         self.file_prefixes = prefixes;
         self

@@ -101,7 +101,7 @@ pub async fn run(
     let options = CaptureOptions {
         exec_hook: config.exec_hook,
         file_prefixes,
-        actions,
+        actions: actions.clone(),
         syscalls: config.syscalls,
         critical_ring_bytes: config.critical_ring_bytes,
         bulk_ring_bytes: config.bulk_ring_bytes,
@@ -170,7 +170,20 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             () = next_hangup(&mut hangup) => {
-                reload_rules(&config, &mut rules, &metrics);
+                if reload_rules(&config, &mut rules, &metrics) {
+                    let plan = pushdown::plan(&config, &rules.kernel_filter());
+                    if plan.actions != actions {
+                        tracing::warn!("the reloaded rules read other event kinds: restart the sensor to attach or detach their hooks");
+                    }
+                    for note in &plan.notes {
+                        tracing::info!("kernel filter: {note}");
+                    }
+                    match capture.set_file_prefixes(plan.file_prefixes.as_deref()) {
+                        Ok(()) => tracing::info!(prefixes = ?plan.file_prefixes, "kernel prefix filter updated"),
+                        Err(e) => tracing::error!(error = %e, "updating the kernel prefix filter failed"),
+                    }
+                    enricher.set_file_prefixes(plan.file_prefixes);
+                }
                 continue;
             }
             _ = tick.tick() => {
@@ -340,7 +353,8 @@ async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 /// Swaps in the rules as the configured paths hold them now, or keeps the running set.
-fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetrics) {
+/// True when the rules changed.
+fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetrics) -> bool {
     match load_rules(config) {
         Ok(fresh) => {
             tracing::info!(
@@ -351,6 +365,7 @@ fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetr
             *rules = fresh;
             metrics.rules_loaded(rules.len());
             metrics.rule_reload(true);
+            true
         }
         Err(e) => {
             tracing::error!(
@@ -358,6 +373,7 @@ fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetr
                 rules.len()
             );
             metrics.rule_reload(false);
+            false
         }
     }
 }

@@ -440,8 +440,9 @@ fn respond(socket: &std::net::UdpSocket, mut done: impl FnMut() -> bool) -> Vec<
 /// In a network and mount namespace of its own (a thread of the test: namespaces are per
 /// thread, and a child inherits its spawning thread's), with /etc/resolv.conf pointing at a
 /// resolver the test runs on 127.0.0.1:53: the actor resolves a name through the C library and
-/// connects to the answer. Returns the actor's pid, its stdout and the names it asked.
-fn resolve_in_a_private_network(name: &'static str) -> (u32, String, Vec<String>) {
+/// connects to the answer. `{port}` in the actor's arguments becomes the port of a listener on
+/// the answered address. Returns the actor's pid, its stdout and the names it asked.
+fn resolve_in_a_private_network(actor_args: Vec<String>) -> (u32, String, Vec<String>) {
     let scratch = tempfile::tempdir().expect("tempdir");
     let resolv = scratch.path().join("resolv.conf");
     std::fs::write(
@@ -474,8 +475,12 @@ fn resolve_in_a_private_network(name: &'static str) -> (u32, String, Vec<String>
         let listener =
             TcpListener::bind((std::net::Ipv4Addr::from(DNS_ANSWER), 0)).expect("listen");
         let port = listener.local_addr().expect("addr").port();
+        let actor_args: Vec<String> = actor_args
+            .into_iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
         let mut child = Command::new(ACTOR)
-            .args(["resolve-connect", name, &port.to_string()])
+            .args(&actor_args)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start vigil-actor");
@@ -488,7 +493,7 @@ fn resolve_in_a_private_network(name: &'static str) -> (u32, String, Vec<String>
         let out = child.wait_with_output().expect("wait for vigil-actor");
         assert!(
             out.status.success(),
-            "vigil-actor resolve-connect failed: {out:?}"
+            "vigil-actor {actor_args:?} failed: {out:?}"
         );
         drop(scratch);
         (
@@ -505,7 +510,11 @@ fn resolve_in_a_private_network(name: &'static str) -> (u32, String, Vec<String>
 fn a_dns_lookup_is_captured_and_names_the_connect_to_its_answer() {
     require_root();
     let sensor = sensor();
-    let (pid, out, asked) = resolve_in_a_private_network(DNS_NAME);
+    let (pid, out, asked) = resolve_in_a_private_network(vec![
+        "resolve-connect".into(),
+        DNS_NAME.into(),
+        "{port}".into(),
+    ]);
     assert!(
         asked.iter().any(|n| n == DNS_NAME),
         "the resolver was not asked: {asked:?}"
@@ -586,7 +595,11 @@ fn with_capture_kinds_rules_the_kernel_captures_only_what_the_rules_read() {
         .rand_bytes(0)
         .tempdir()
         .expect("tempdir");
-    let unwatched = tempfile::tempdir().expect("tempdir");
+    let unwatched = tempfile::Builder::new()
+        .prefix(&format!("vigil-pushdown-{}-{nanos}-b", std::process::id()))
+        .rand_bytes(0)
+        .tempdir()
+        .expect("tempdir");
     let rules = tempfile::tempdir().expect("tempdir");
     let prefix = format!("{}/", watched.path().display());
     std::fs::write(
@@ -652,5 +665,65 @@ fn with_capture_kinds_rules_the_kernel_captures_only_what_the_rules_read() {
             .iter()
             .any(|e| e["process"]["pid"] == elsewhere_pid && e["event"]["action"] == "open"),
         "an open outside the rule's prefix was captured"
+    );
+
+    // The rule moves to the other directory: SIGHUP updates the kernel's prefix map in place.
+    std::fs::write(
+        rules.path().join("file.yml"),
+        format!(
+            "title: watched dir\nid: pushdown-file\nlogsource: {{product: linux, category: file_access}}\ndetection: {{s: {{TargetFilename|startswith: '{}/'}}, condition: s}}\nlevel: low\n",
+            unwatched.path().display()
+        ),
+    )
+    .expect("rewrite rule");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sensor.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    poll_until(Duration::from_secs(10), || {
+        sensor
+            .stderr_text()
+            .contains("kernel prefix filter updated")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no prefix update after SIGHUP:\n{}", sensor.stderr_text()));
+    let old_place = watched.path().join("after-reload");
+    let (old_pid, _) = act(&["open-write", old_place.to_str().expect("utf-8")]);
+    let new_place = unwatched.path().join("after-reload");
+    let new_place = new_place.to_str().expect("utf-8");
+    let (new_pid, _) = act(&["open-write", new_place]);
+    event_where(&sensor, new_pid, "open", |e| e["file"]["path"] == new_place);
+    assert!(
+        !json_lines(&sensor.stdout_lines())
+            .iter()
+            .any(|e| e["process"]["pid"] == old_pid && e["event"]["action"] == "open"),
+        "the old prefix is still watched after the reload"
+    );
+}
+
+#[test]
+fn a_dns_query_from_an_unconnected_socket_is_captured_both_ways() {
+    require_root();
+    let sensor = sensor();
+    let (pid, out, asked) = resolve_in_a_private_network(vec![
+        "dns-sendto".into(),
+        "127.0.0.1:53".into(),
+        DNS_NAME.into(),
+    ]);
+    assert!(asked.iter().any(|n| n == DNS_NAME), "{asked:?}");
+    assert!(out.contains("from 127.0.0.1:53"), "{out}");
+    let query = event_where(&sensor, pid, "dns_query", |e| e["dns"]["type"] == "query");
+    assert_eq!(query["dns"]["id"], 0x5647);
+    assert_eq!(query["dns"]["question"]["name"], DNS_NAME);
+    assert_eq!(query["details"]["syscall"], "sendto");
+    assert_eq!(query["destination"]["ip"], "127.0.0.1");
+    assert_eq!(query["destination"]["port"], 53);
+    let answer = event_where(&sensor, pid, "dns_query", |e| e["dns"]["type"] == "answer");
+    assert_eq!(answer["dns"]["id"], 0x5647);
+    assert_eq!(answer["details"]["syscall"], "recvfrom");
+    assert_eq!(
+        answer["dns"]["resolved_ip"],
+        serde_json::json!(["127.0.0.2"])
     );
 }

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         "memfd-exec" => memfd_exec(),
         "mprotect-exec" => mprotect_exec(),
         "resolve-connect" => resolve_connect(arg(1), arg(2)),
+        "dns-sendto" => dns_sendto(arg(1), arg(2)),
         "uring-write-read" => uring_write_read(arg(1)),
         other => Err(format!("unknown operation {other:?}")),
     };
@@ -250,5 +251,31 @@ fn uring_write_read(path: &str) -> Result<(), String> {
         return Err(format!("read back {back:?}"));
     }
     println!("uring ok");
+    Ok(())
+}
+
+/// Sends one A query for NAME from an unconnected UDP socket to RESOLVER (sendto with an
+/// address, recvfrom naming the sender: the other way programs talk DNS) and waits for the
+/// answer.
+fn dns_sendto(resolver: &str, name: &str) -> Result<(), String> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    // Header: id 0x5647, RD, one question; then the name as labels, type A, class IN.
+    let mut query = vec![0x56, 0x47, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    socket
+        .send_to(&query, resolver)
+        .map_err(|e| format!("sendto {resolver}: {e}"))?;
+    let mut answer = [0u8; 512];
+    let (len, from) = socket
+        .recv_from(&mut answer)
+        .map_err(|e| format!("recvfrom: {e}"))?;
+    println!("answer {len} bytes from {from}");
     Ok(())
 }
