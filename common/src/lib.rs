@@ -45,6 +45,10 @@ pub mod kind {
     pub const MEMFD_CREATE: u32 = 38;
     pub const EXEC_FD: u32 = 39;
     pub const EXEC_MEMORY: u32 = 40;
+    /// A DNS message sent or received on a UDP socket whose peer port is 53 (payload attached).
+    pub const DNS: u32 = 41;
+    /// An io_uring request completed (opcode, fd, result).
+    pub const IO_URING: u32 = 42;
 
     /// First id in [`super::SyscallRecord`] layout.
     pub const FIRST_SYSCALL: u32 = 10;
@@ -183,6 +187,24 @@ pub mod syscall_flags {
     pub const STR0_TRUNCATED: u32 = 1;
     pub const STR1_TRUNCATED: u32 = 2;
     pub const STR_UNREADABLE: u32 = 4;
+    /// The first data run (`str_len[0]` bytes) is a raw payload, not a string.
+    pub const PAYLOAD: u32 = 8;
+    /// The payload was longer than [`super::DNS_PAYLOAD_CAP`] and is cut.
+    pub const PAYLOAD_TRUNCATED: u32 = 16;
+    /// DNS: the message was received (a response); without it, sent (a query).
+    pub const RECEIVED: u32 = 32;
+    /// DNS: the socket was connected (the peer is the socket's own, `addr` is empty).
+    pub const CONNECTED: u32 = 64;
+}
+
+/// Bytes kept of a DNS message: a whole classic (512-byte) UDP response and most EDNS ones.
+pub const DNS_PAYLOAD_CAP: usize = 1024;
+
+/// Socket types of [`SyscallRecord::sock_type`] (Linux values, all architectures but MIPS).
+pub mod sock_type {
+    pub const STREAM: u16 = 1;
+    pub const DGRAM: u16 = 2;
+    pub const RAW: u16 = 3;
 }
 
 /// A syscall and its result. Followed in the ring buffer by `str_len[0]` bytes of the first
@@ -206,8 +228,13 @@ pub struct SyscallRecord {
     pub small: [u8; 16],
     /// A socket address, as the syscall passed or returned it.
     pub addr: [u8; SOCKADDR_CAP],
+    /// For a syscall on a socket fd ([`spec_flags::SOCKET_FD`]): the socket's type
+    /// ([`sock_type`]; 0 when unknown) and protocol (`IPPROTO_*`), read from the kernel's socket.
+    pub sock_type: u16,
+    pub sock_protocol: u16,
+    pub _pad2: u32,
 }
-const _: () = assert!(size_of::<SyscallRecord>() == 200);
+const _: () = assert!(size_of::<SyscallRecord>() == 208);
 
 /// Per syscall number, what the generic enter/exit programs capture. Filled by the loader.
 #[repr(C)]
@@ -245,6 +272,62 @@ pub mod spec_flags {
     /// Fill the header (credentials) at syscall entry: for credential changes, the record
     /// then says who the process was, and its arguments what it asked to become.
     pub const HEADER_AT_ENTER: u32 = 32;
+    /// The first argument is a socket fd: record its type and protocol.
+    pub const SOCKET_FD: u32 = 64;
+}
+
+/// Offsets of the fields read to get from a file descriptor to its socket (fd table, file,
+/// socket, sock), found in BTF by the loader like [`KernelOffsets`]. Separate from those so
+/// that the socket readers stay one module.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_type: u32,
+    pub socket_file: u32,
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_family` from the start of `struct sock`.
+    pub sk_family: u32,
+    /// `skc_dport`: the connected peer's port, network order; 0 when not connected.
+    pub sk_dport: u32,
+    pub sk_protocol: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SocketOffsets>() == 48);
+
+impl SocketOffsets {
+    pub const UNAVAILABLE: u32 = u32::MAX;
+}
+
+/// [`SyscallRecord::nr`] of records that come from a kernel-function hook rather than a
+/// syscall (no real syscall number is that large).
+pub mod hook_nr {
+    /// An open seen by fentry `security_file_open` or LSM `file_open`.
+    pub const FILE_OPEN: u32 = 0xffff_0001;
+}
+
+/// Offsets of `struct file` fields the file-open hooks read (see [`KernelOffsets`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOffsets {
+    pub file_f_path: u32,
+    pub file_f_flags: u32,
+}
+const _: () = assert!(size_of::<FileOffsets>() == 8);
+
+/// One of the DNS-carrying syscalls, as the loader tells the DNS programs (values of the
+/// `DNS_SYSCALLS` map, keyed by syscall number).
+pub mod dns_op {
+    pub const SENDTO: u32 = 1;
+    pub const SENDMSG: u32 = 2;
+    pub const SENDMMSG: u32 = 3;
+    pub const RECVFROM: u32 = 4;
+    pub const RECVMSG: u32 = 5;
+    pub const RECVMMSG: u32 = 6;
 }
 
 #[cfg(feature = "user")]
@@ -255,4 +338,8 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SyscallSpec {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FileOffsets {}
 }

@@ -94,7 +94,17 @@ pub struct Network {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dns {
+    /// ECS `dns.type`: `query` (the process sent it) or `answer` (it received the response).
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// The message id, which pairs a query with its answer.
+    #[serde(default)]
+    pub id: u16,
+    /// Of an answer: `NOERROR`, `NXDOMAIN`, `SERVFAIL`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_code: Option<String>,
     pub question: DnsQuestion,
+    /// Addresses of the A and AAAA records of an answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved_ip: Vec<String>,
 }

@@ -7,8 +7,12 @@
 #![no_std]
 #![no_main]
 
+mod dns;
+mod fileopen;
+mod socket;
 mod syscall;
 mod task;
+mod uring;
 
 use aya_ebpf::{
     helpers::{

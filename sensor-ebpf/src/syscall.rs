@@ -89,6 +89,8 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     record.addr_len = 0;
     record.str_len = [0, 0];
     record.small = [0; 16];
+    record.sock_type = 0;
+    record.sock_protocol = 0;
     for i in 0..6 {
         // SAFETY: args are u64 slots from offset 16 in every sys_enter_* format.
         record.args[i] = unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0);
@@ -101,6 +103,13 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
         };
         if !keep {
             return None;
+        }
+    }
+
+    if spec.flags & spec_flags::SOCKET_FD != 0 {
+        if let Some(socket) = crate::socket::of_fd(record.args[0]) {
+            record.sock_type = socket.sock_type;
+            record.sock_protocol = socket.protocol;
         }
     }
 
@@ -168,7 +177,7 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
 }
 
 #[inline(always)]
-fn read_sockaddr(record: &mut SyscallRecord, ptr: u64, len: u64) {
+pub(crate) fn read_sockaddr(record: &mut SyscallRecord, ptr: u64, len: u64) {
     let len = if len as usize > SOCKADDR_CAP {
         SOCKADDR_CAP
     } else {
@@ -193,7 +202,7 @@ fn read_sockaddr(record: &mut SyscallRecord, ptr: u64, len: u64) {
 /// True when the path is relative (resolved and filtered in userspace) or starts with a
 /// watched prefix.
 #[inline(always)]
-fn watched(path: &[u8]) -> bool {
+pub(crate) fn watched(path: &[u8]) -> bool {
     if CONFIG.load().prefix_filter == 0 {
         return true;
     }

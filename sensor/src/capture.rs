@@ -2,15 +2,17 @@
 //! out ring-buffer records as they arrive. Dropping [`Capture`] detaches every program and
 //! frees every map: the kernel keeps nothing of ours once the sensor is gone.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::trace_point::TracePointLink;
-use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, FEntry, Lsm, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
-use vigil_common::{kind, SensorConfig, SyscallSpec, PREFIX_KEY_LEN};
+use vigil_common::{kind, SensorConfig, SocketOffsets, SyscallSpec, PREFIX_KEY_LEN};
+use vigil_proto::EventAction;
 
 use crate::config::ExecHook;
 use crate::offsets::{self, OffsetError};
@@ -54,6 +56,46 @@ pub struct HookChoice {
     pub hook: String,
 }
 
+/// A hook tried for an event kind and refused by the kernel (or not tried, and why), ahead of
+/// the one in use: the probe's report of the fallback chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookRefusal {
+    pub event: &'static str,
+    pub hook: String,
+    /// Why: the errno by name first where the kernel gave one (`EPERM: ...`).
+    pub reason: String,
+}
+
+/// An error's text, led by the errno of the first OS error in its chain.
+fn refusal(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut errno = None;
+    let mut text = error.to_string();
+    while let Some(e) = source {
+        if let Some(code) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            errno = Some(format!("{:?}", nix::errno::Errno::from_raw(code)));
+            if !text.contains(&e.to_string()) {
+                text = format!("{text}: {e}");
+            }
+            break;
+        }
+        source = e.source();
+    }
+    // aya ends a load error with the verifier's log, empty when the kernel refused before
+    // verifying.
+    let text = text
+        .trim_end()
+        .trim_end_matches("Verifier output:")
+        .trim_end();
+    match errno {
+        Some(errno) => format!("{errno}: {text}"),
+        None => text.to_owned(),
+    }
+}
+
 /// Per-kind totals over all CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -86,6 +128,9 @@ pub struct CaptureOptions {
     pub file_prefixes: Option<Vec<String>>,
     /// Capture syscalls (files, network, privilege, kernel); off leaves only exec/fork/exit.
     pub syscalls: bool,
+    /// Actions to capture (see [`crate::pushdown`]); `None`: every kind. Exec, fork and exit
+    /// are always attached.
+    pub actions: Option<HashSet<EventAction>>,
     /// Ring buffer sizes in bytes (power of two, multiple of the page size); `None`: built-in.
     pub critical_ring_bytes: Option<u32>,
     pub bulk_ring_bytes: Option<u32>,
@@ -103,9 +148,12 @@ pub struct Capture {
     faults: PerCpuArray<MapData, u64>,
     received: [u64; kind::COUNT as usize],
     hooks: Vec<HookChoice>,
+    refused: Vec<HookRefusal>,
     /// Syscall tracepoint links, owned here so that [`Drop`] can detach them in parallel.
     syscall_links: Vec<TracePointLink>,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Whether the kernel's prefix filter is in force (fixed at load: a read-only global).
+    prefix_filter: bool,
 }
 
 impl Capture {
@@ -120,8 +168,33 @@ impl Capture {
             prefix_filter: u32::from(options.file_prefixes.is_some()),
             offsets: offsets::kernel_offsets(Path::new(offsets::KERNEL_BTF))?,
         };
+        // Without them DNS is not captured and sockets have no transport: worth a warning,
+        // not a refusal to start.
+        let socket_offsets = offsets::socket_offsets(Path::new(offsets::KERNEL_BTF))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "socket fields not found: no DNS capture, no socket types");
+                SocketOffsets {
+                    task_files: SocketOffsets::UNAVAILABLE,
+                    files_fdt: SocketOffsets::UNAVAILABLE,
+                    fdt_max_fds: SocketOffsets::UNAVAILABLE,
+                    fdt_fd: SocketOffsets::UNAVAILABLE,
+                    file_private_data: SocketOffsets::UNAVAILABLE,
+                    socket_type: SocketOffsets::UNAVAILABLE,
+                    socket_file: SocketOffsets::UNAVAILABLE,
+                    socket_sk: SocketOffsets::UNAVAILABLE,
+                    sk_family: SocketOffsets::UNAVAILABLE,
+                    sk_dport: SocketOffsets::UNAVAILABLE,
+                    sk_protocol: SocketOffsets::UNAVAILABLE,
+                    _pad: 0,
+                }
+            });
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
+        loader.override_global("SOCKET_OFFSETS", &socket_offsets, true);
+        let file_offsets = offsets::file_offsets(Path::new(offsets::KERNEL_BTF));
+        if let Ok(file_offsets) = &file_offsets {
+            loader.override_global("FILE_OFFSETS", file_offsets, true);
+        }
         if let Some(bytes) = options.critical_ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -132,6 +205,7 @@ impl Capture {
             .load(EBPF_OBJECT)
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
         let mut syscall_links = Vec::new();
+        let mut refused = Vec::new();
         let mut hooks = vec![
             attach_exec(&mut ebpf, options.exec_hook)?,
             attach_raw(&mut ebpf, "fork", "sched_process_fork", "fork")?,
@@ -141,9 +215,57 @@ impl Capture {
             if let Some(prefixes) = &options.file_prefixes {
                 load_prefixes(&mut ebpf, prefixes)?;
             }
-            let (choice, links) = attach_syscalls(&mut ebpf)?;
+            let wants = |action: EventAction| {
+                options
+                    .actions
+                    .as_ref()
+                    .is_none_or(|actions| actions.contains(&action))
+            };
+            // File opens: a kernel-function hook where the kernel allows one, else the
+            // syscall tracepoints (which then carry opens with the other syscalls).
+            let open_hook = if wants(EventAction::Open) {
+                let chosen = match &file_offsets {
+                    Ok(_) => attach_file_open(&mut ebpf, &mut refused),
+                    Err(e) => {
+                        for hook in FILE_OPEN_HOOKS {
+                            refused.push(HookRefusal {
+                                event: "file open",
+                                hook: hook.1.into(),
+                                reason: format!("not tried: {e}"),
+                            });
+                        }
+                        None
+                    }
+                };
+                hooks.push(chosen.clone().unwrap_or(HookChoice {
+                    event: "file open",
+                    hook: "tracepoint/syscalls/sys_{enter,exit}_{openat,open,creat,openat2}".into(),
+                }));
+                chosen
+            } else {
+                None
+            };
+            let (choice, links) = attach_syscalls(&mut ebpf, &|action| {
+                wants(action) && !(action == EventAction::Open && open_hook.is_some())
+            })?;
             hooks.push(choice);
             syscall_links = links;
+            // DNS answers also name later connects.
+            if wants(EventAction::DnsQuery) || wants(EventAction::Connect) {
+                let (choice, links) = attach_dns(&mut ebpf)?;
+                hooks.push(choice);
+                syscall_links.extend(links);
+            }
+            if wants(EventAction::IoUring) {
+                match attach_uring(&mut ebpf) {
+                    Ok((choice, links)) => {
+                        hooks.push(choice);
+                        syscall_links.extend(links);
+                    }
+                    // A kernel without io_uring (or with it compiled out) has nothing to watch.
+                    Err(e) => tracing::warn!(error = %e, "io_uring is not watched"),
+                }
+            }
         }
         let critical = register(take_map(&mut ebpf, "EVENTS")?)?;
         let bulk = register(take_map(&mut ebpf, "BULK")?)?;
@@ -160,12 +282,58 @@ impl Capture {
             received: [0; kind::COUNT as usize],
             syscall_links,
             hooks,
-            _ebpf: ebpf,
+            refused,
+            ebpf,
+            prefix_filter: options.file_prefixes.is_some(),
         })
     }
 
     pub fn hooks(&self) -> &[HookChoice] {
         &self.hooks
+    }
+
+    /// Replaces the watched prefixes in the running kernel filter, without reloading a
+    /// program: new ones are added before stale ones go, so no watched path is missed on the
+    /// way. Switching the filter on or off needs a restart (it is fixed at load).
+    pub fn set_file_prefixes(&mut self, prefixes: Option<&[String]>) -> Result<(), CaptureError> {
+        let Some(prefixes) = prefixes else {
+            if self.prefix_filter {
+                tracing::warn!("file_prefixes now admit every path: restart the sensor to lift the kernel filter");
+            }
+            return Ok(());
+        };
+        if !self.prefix_filter {
+            tracing::warn!("a kernel prefix filter needs a restart to come into force");
+            return Ok(());
+        }
+        load_prefixes(&mut self.ebpf, prefixes)?;
+        let map = self
+            .ebpf
+            .map_mut("PREFIXES")
+            .ok_or(CaptureError::MissingProgram {
+                program: "PREFIXES",
+            })?;
+        let mut trie: LpmTrie<_, [u8; PREFIX_KEY_LEN], u8> =
+            LpmTrie::try_from(map).map_err(map_error("PREFIXES"))?;
+        let wanted: HashSet<(u32, [u8; PREFIX_KEY_LEN])> = prefixes
+            .iter()
+            .map(|p| prefix_key(p))
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        let stale: Vec<Key<[u8; PREFIX_KEY_LEN]>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale {
+            trie.remove(&key).map_err(map_error("PREFIXES"))?;
+        }
+        Ok(())
+    }
+
+    /// Hooks the kernel refused, in the order they were tried, before the ones in use.
+    pub fn refused(&self) -> &[HookRefusal] {
+        &self.refused
     }
 
     /// Waits until records are ready, then passes them to `sink`, the critical lane first, at
@@ -250,6 +418,15 @@ fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, Capture
     unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Poll(e.into()))
 }
 
+/// A prefix as the trie's key. Longer prefixes are cut to the key length: the kernel then
+/// over-approximates and userspace checks the whole path.
+fn prefix_key(prefix: &str) -> Key<[u8; PREFIX_KEY_LEN]> {
+    let bytes = &prefix.as_bytes()[..prefix.len().min(PREFIX_KEY_LEN)];
+    let mut data = [0u8; PREFIX_KEY_LEN];
+    data[..bytes.len()].copy_from_slice(bytes);
+    Key::new((bytes.len() * 8) as u32, data)
+}
+
 fn load_prefixes(ebpf: &mut Ebpf, prefixes: &[String]) -> Result<(), CaptureError> {
     let map = ebpf
         .map_mut("PREFIXES")
@@ -262,13 +439,7 @@ fn load_prefixes(ebpf: &mut Ebpf, prefixes: &[String]) -> Result<(), CaptureErro
             source: Box::new(source),
         })?;
     for prefix in prefixes {
-        // Longer prefixes are cut to the key length: the kernel then over-approximates and
-        // userspace checks the whole path.
-        let bytes = &prefix.as_bytes()[..prefix.len().min(PREFIX_KEY_LEN)];
-        let mut data = [0u8; PREFIX_KEY_LEN];
-        data[..bytes.len()].copy_from_slice(bytes);
-        let key = Key::new((bytes.len() * 8) as u32, data);
-        trie.insert(&key, 1, 0)
+        trie.insert(&prefix_key(prefix), 1, 0)
             .map_err(|source| CaptureError::Map {
                 map: "PREFIXES",
                 source: Box::new(source),
@@ -279,8 +450,23 @@ fn load_prefixes(ebpf: &mut Ebpf, prefixes: &[String]) -> Result<(), CaptureErro
 
 /// Attaches the generic enter/exit programs to every syscall of [`syscalls::table`] this
 /// kernel has, and fills the spec map. A syscall without tracepoints is reported, not fatal.
-fn attach_syscalls(ebpf: &mut Ebpf) -> Result<(HookChoice, Vec<TracePointLink>), CaptureError> {
-    let table = syscalls::table();
+fn attach_syscalls(
+    ebpf: &mut Ebpf,
+    wants: &dyn Fn(EventAction) -> bool,
+) -> Result<(HookChoice, Vec<TracePointLink>), CaptureError> {
+    let (table, unwanted): (Vec<_>, Vec<_>) = syscalls::table().into_iter().partition(|c| {
+        syscalls::actions_of(c.spec.kind)
+            .iter()
+            .any(|action| wants(*action))
+    });
+    if !unwanted.is_empty() {
+        let mut names: Vec<&str> = unwanted.iter().map(|c| c.name).collect();
+        names.dedup();
+        tracing::info!(
+            syscalls = %names.join(","),
+            "not attached: no rule or setting selects their events"
+        );
+    }
     {
         let map = ebpf
             .map_mut("SPECS")
@@ -341,6 +527,125 @@ fn attach_syscalls(ebpf: &mut Ebpf) -> Result<(HookChoice, Vec<TracePointLink>),
         ),
     };
     Ok((choice, links))
+}
+
+fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
+    move |source| CaptureError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+/// Loads a tracepoint program and attaches it to every `(category, name)`; returns the links
+/// and the tracepoints that could not be attached, with why.
+fn attach_each(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    event: &'static str,
+    tracepoints: &[(&str, String)],
+) -> Result<(Vec<TracePointLink>, Vec<String>), CaptureError> {
+    let prog: &mut TracePoint = find(ebpf, program).map_err(|reasons| CaptureError::Attach {
+        event,
+        reasons: format!("{program}: {reasons}"),
+    })?;
+    prog.load().map_err(|e| CaptureError::Attach {
+        event,
+        reasons: format!("{program}: load: {e}"),
+    })?;
+    let mut links = Vec::new();
+    let mut missing = Vec::new();
+    for (category, name) in tracepoints {
+        match prog.attach(category, name) {
+            Ok(id) => {
+                if let Ok(link) = prog.take_link(id) {
+                    links.push(link);
+                }
+            }
+            Err(e) => missing.push(format!("{category}/{name}: {e}")),
+        }
+    }
+    Ok((links, missing))
+}
+
+/// DNS over UDP: its own enter/exit programs on the datagram syscalls (see sensor-ebpf's dns.rs).
+fn attach_dns(ebpf: &mut Ebpf) -> Result<(HookChoice, Vec<TracePointLink>), CaptureError> {
+    {
+        let map = ebpf
+            .map_mut("DNS_SYSCALLS")
+            .ok_or(CaptureError::MissingProgram {
+                program: "DNS_SYSCALLS",
+            })?;
+        let mut ops: AyaHashMap<_, u32, u32> =
+            AyaHashMap::try_from(map).map_err(map_error("DNS_SYSCALLS"))?;
+        for (_, nr, op) in syscalls::dns_syscalls() {
+            ops.insert(nr as u32, op, 0)
+                .map_err(map_error("DNS_SYSCALLS"))?;
+        }
+    }
+    let mut links = Vec::new();
+    let mut missing = Vec::new();
+    for (program, phase) in [("dns_enter", "enter"), ("dns_exit", "exit")] {
+        let tracepoints: Vec<(&str, String)> = syscalls::dns_syscalls()
+            .iter()
+            .map(|(name, _, _)| ("syscalls", format!("sys_{phase}_{name}")))
+            .collect();
+        let (l, m) = attach_each(ebpf, program, "dns", &tracepoints)?;
+        links.extend(l);
+        missing.extend(m);
+    }
+    if !missing.is_empty() {
+        tracing::info!(missing = %missing.join("; "), "DNS tracepoints this kernel lacks");
+    }
+    Ok((
+        HookChoice {
+            event: "dns",
+            hook: "tracepoint/syscalls/sys_{enter,exit}_{sendto,sendmsg,sendmmsg,recvfrom,recvmsg,recvmmsg} (UDP, port 53)".into(),
+        },
+        links,
+    ))
+}
+
+/// io_uring requests: submission, file lookup and completion tracepoints (see uring.rs).
+fn attach_uring(ebpf: &mut Ebpf) -> Result<(HookChoice, Vec<TracePointLink>), CaptureError> {
+    {
+        let map = ebpf
+            .map_mut("URING_OPS")
+            .ok_or(CaptureError::MissingProgram {
+                program: "URING_OPS",
+            })?;
+        let mut ops: Array<_, u32> = Array::try_from(map).map_err(map_error("URING_OPS"))?;
+        for (op, _) in syscalls::URING_OPS {
+            ops.set(u32::from(*op), 1, 0)
+                .map_err(map_error("URING_OPS"))?;
+        }
+    }
+    let mut links = Vec::new();
+    for (program, tracepoint) in [
+        ("uring_submit", "io_uring_submit_req"),
+        ("uring_file", "io_uring_file_get"),
+        ("uring_complete", "io_uring_complete"),
+    ] {
+        let (l, missing) = attach_each(
+            ebpf,
+            program,
+            "io_uring",
+            &[("io_uring", tracepoint.to_owned())],
+        )?;
+        if let Some(reason) = missing.into_iter().next() {
+            return Err(CaptureError::Attach {
+                event: "io_uring",
+                reasons: reason,
+            });
+        }
+        links.extend(l);
+    }
+    Ok((
+        HookChoice {
+            event: "io_uring",
+            hook: "tracepoint/io_uring/io_uring_{submit_req,file_get,complete}".into(),
+        },
+        links,
+    ))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, CaptureError>
@@ -468,6 +773,68 @@ fn choose(
             reasons: format!("{hook}: {reason}"),
         }),
     }
+}
+
+/// The kernel-function hooks for file opens, best first: (program, hook name).
+const FILE_OPEN_HOOKS: [(&str, &str); 2] = [
+    ("file_open_fentry", "fentry/security_file_open"),
+    ("file_open_lsm", "lsm/file_open"),
+];
+
+/// Tries fentry `security_file_open`, then LSM `file_open`; the first that loads and attaches
+/// carries file opens. Each refusal is kept with its errno.
+fn attach_file_open(ebpf: &mut Ebpf, refused: &mut Vec<HookRefusal>) -> Option<HookChoice> {
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => {
+            for (_, hook) in FILE_OPEN_HOOKS {
+                refused.push(HookRefusal {
+                    event: "file open",
+                    hook: hook.into(),
+                    reason: format!("not tried: no kernel BTF: {}", refusal(&e)),
+                });
+            }
+            return None;
+        }
+    };
+    for (program, hook) in FILE_OPEN_HOOKS {
+        let attempt = (|| -> Result<(), String> {
+            let found = ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("program {program} missing"))?;
+            if program == "file_open_fentry" {
+                let prog: &mut FEntry = found.try_into().map_err(|e| refusal(&e))?;
+                prog.load("security_file_open", &btf)
+                    .map_err(|e| format!("load: {}", refusal(&e)))?;
+                prog.attach()
+                    .map_err(|e| format!("attach: {}", refusal(&e)))?;
+            } else {
+                let prog: &mut Lsm = found.try_into().map_err(|e| refusal(&e))?;
+                prog.load("file_open", &btf)
+                    .map_err(|e| format!("load: {}", refusal(&e)))?;
+                prog.attach()
+                    .map_err(|e| format!("attach: {}", refusal(&e)))?;
+            }
+            Ok(())
+        })();
+        match attempt {
+            Ok(()) => {
+                return Some(HookChoice {
+                    event: "file open",
+                    hook: hook.into(),
+                })
+            }
+            Err(reason) => {
+                tracing::info!(hook, %reason, "file open hook refused, trying the next");
+                refused.push(HookRefusal {
+                    event: "file open",
+                    hook: hook.into(),
+                    reason,
+                });
+            }
+        }
+    }
+    None
 }
 
 /// Tracepoint attachment reads event ids from tracefs; some hosts do not mount it.

@@ -33,6 +33,11 @@ pub struct SensorConfig {
     /// places persistence, credentials, binaries and staging live (see `syscalls.rs`).
     #[serde(default)]
     pub file_prefixes: Option<Vec<String>>,
+    /// Which event kinds the kernel captures: `all` (default), `rules` (what the loaded rules
+    /// read), and event actions by name (`open`, `connect`, `dns_query`...), in any union. A
+    /// kind nobody selects is not attached at all.
+    #[serde(default = "default_capture_kinds")]
+    pub capture_kinds: Vec<CaptureSelector>,
     /// Size in bytes of the critical ring buffer (exec, exit, privilege, network, kernel
     /// events): a power of two and a multiple of the page size. Default 8 MiB.
     #[serde(default)]
@@ -54,6 +59,27 @@ pub struct SensorConfig {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_capture_kinds() -> Vec<CaptureSelector> {
+    vec![CaptureSelector::Keyword(CaptureKeyword::All)]
+}
+
+/// One entry of `capture_kinds`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum CaptureSelector {
+    Keyword(CaptureKeyword),
+    Action(vigil_proto::EventAction),
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureKeyword {
+    /// Every kind the sensor knows.
+    All,
+    /// The kinds the loaded rules read (`RuleSet::kernel_filter`).
+    Rules,
 }
 
 impl SensorConfig {
@@ -157,6 +183,7 @@ impl Default for SensorConfig {
             exec_hook: ExecHook::Auto,
             syscalls: true,
             file_prefixes: None,
+            capture_kinds: default_capture_kinds(),
             critical_ring_bytes: None,
             bulk_ring_bytes: None,
             redact: Vec::new(),
@@ -241,6 +268,7 @@ mod tests {
             metrics: _,
             syscalls: _,
             file_prefixes: _,
+            capture_kinds: _,
             critical_ring_bytes: _,
             bulk_ring_bytes: _,
             redact: _,
@@ -255,6 +283,7 @@ mod tests {
             "metrics:",
             "syscalls:",
             "file_prefixes:",
+            "capture_kinds:",
             "critical_ring_bytes:",
             "bulk_ring_bytes:",
             "redact:",
@@ -285,6 +314,31 @@ mod tests {
         .to_string();
         assert!(err.starts_with("/etc/vigil/sensor.yaml:2:"), "{err}");
         assert!(err.contains("rulez"), "{err}");
+    }
+
+    #[test]
+    fn capture_kinds_take_keywords_and_action_names() {
+        let config = SensorConfig::parse(
+            "capture_kinds: [rules, connect, dns_query]\n",
+            Path::new("s.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.capture_kinds,
+            [
+                CaptureSelector::Keyword(CaptureKeyword::Rules),
+                CaptureSelector::Action(vigil_proto::EventAction::Connect),
+                CaptureSelector::Action(vigil_proto::EventAction::DnsQuery),
+            ]
+        );
+        assert_eq!(
+            SensorConfig::default().capture_kinds,
+            [CaptureSelector::Keyword(CaptureKeyword::All)]
+        );
+        let err = SensorConfig::parse("capture_kinds: [opne]\n", Path::new("s.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("s.yaml:1:"), "{err}");
     }
 
     #[test]

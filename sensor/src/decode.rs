@@ -60,6 +60,13 @@ pub struct SyscallEvent {
     pub truncated: bool,
     pub small: Option<String>,
     pub addr: Vec<u8>,
+    /// Raw bytes the kernel copied (a DNS message), when the record carries a payload.
+    pub payload: Vec<u8>,
+    /// `vigil_common::syscall_flags` as the kernel set them.
+    pub flags: u32,
+    /// The socket's type (`SOCK_STREAM`...) and protocol, 0 when not a socket syscall or unknown.
+    pub sock_type: u16,
+    pub sock_protocol: u16,
 }
 
 impl RawEvent {
@@ -109,6 +116,8 @@ pub fn kind_name(record_kind: u32) -> &'static str {
         kind::MEMFD_CREATE => "memfd_create",
         kind::EXEC_FD => "exec_fd",
         kind::EXEC_MEMORY => "exec_memory",
+        kind::DNS => "dns",
+        kind::IO_URING => "io_uring",
         _ => "unknown",
     }
 }
@@ -175,6 +184,11 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             let (first, second) = tail.split_at(len0);
             let text = |b: &[u8]| (!b.is_empty()).then(|| c_string(b));
             let addr_len = usize::from(record.addr_len).min(record.addr.len());
+            let (first, payload) = if record.flags & syscall_flags::PAYLOAD != 0 {
+                (&[][..], first.to_vec())
+            } else {
+                (first, Vec::new())
+            };
             Ok(RawEvent::Syscall(Box::new(SyscallEvent {
                 subject,
                 kind: k,
@@ -187,6 +201,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                     != 0,
                 small: text(&record.small).filter(|s| !s.is_empty()),
                 addr: record.addr[..addr_len].to_vec(),
+                payload,
+                flags: record.flags,
+                sock_type: record.sock_type,
+                sock_protocol: record.sock_protocol,
             })))
         }
         other => Err(DecodeError::UnknownKind(other)),

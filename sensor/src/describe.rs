@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use vigil_common::kind;
-use vigil_proto::{Endpoint, ErrorInfo, EventAction, File, Network, Target};
+use vigil_proto::{Dns, DnsQuestion, Endpoint, ErrorInfo, EventAction, File, Network, Target};
 
 use crate::decode::SyscallEvent;
 
@@ -21,6 +21,7 @@ pub struct Described {
     pub destination: Option<Endpoint>,
     pub source: Option<Endpoint>,
     pub network: Option<Network>,
+    pub dns: Option<Dns>,
     pub target: Option<Target>,
     pub error: Option<ErrorInfo>,
     pub details: BTreeMap<String, String>,
@@ -37,11 +38,35 @@ fn arg_i32(value: u64) -> i32 {
 }
 
 fn name(nr: u32) -> &'static str {
+    if nr == vigil_common::hook_nr::FILE_OPEN {
+        return "security_file_open";
+    }
     crate::syscalls::table()
         .into_iter()
-        .find(|c| c.nr == i64::from(nr))
-        .map(|c| c.name)
+        .map(|c| (c.name, c.nr))
+        .chain(
+            crate::syscalls::dns_syscalls()
+                .into_iter()
+                .map(|(name, nr, _)| (name, nr)),
+        )
+        .find(|(_, n)| *n == i64::from(nr))
+        .map(|(name, _)| name)
         .unwrap_or("unknown")
+}
+
+/// ECS `network.transport` from the socket's type and protocol, as far as they tell it.
+fn transport(sock_type: u16, protocol: u16) -> String {
+    use vigil_common::sock_type;
+    match (i32::from(protocol), sock_type) {
+        (libc::IPPROTO_TCP, _) | (0, sock_type::STREAM) => "tcp".into(),
+        (libc::IPPROTO_UDP, _) | (0, sock_type::DGRAM) => "udp".into(),
+        (libc::IPPROTO_ICMP, _) => "icmp".into(),
+        (libc::IPPROTO_ICMPV6, _) => "ipv6-icmp".into(),
+        (libc::IPPROTO_SCTP, _) => "sctp".into(),
+        (libc::IPPROTO_MPTCP, _) => "mptcp".into(),
+        (0, 0) => "unknown".into(),
+        (p, _) => p.to_string(),
+    }
 }
 
 /// `None` when the record is not worth an event (a socket family that is not IP).
@@ -56,7 +81,11 @@ pub fn describe(event: &SyscallEvent, paths: &dyn PathResolver) -> Option<Descri
         addr,
         ..
     } = event;
-    let syscall = name(*nr);
+    let syscall = if *record_kind == kind::IO_URING {
+        "io_uring"
+    } else {
+        name(*nr)
+    };
     let str0 = strings[0].as_deref();
     let str1 = strings[1].as_deref();
     let at = |dirfd: u64, path: Option<&str>| paths.resolve(arg_i32(dirfd), path);
@@ -208,7 +237,7 @@ pub fn describe(event: &SyscallEvent, paths: &dyn PathResolver) -> Option<Descri
                 }
             };
             d.network = Some(Network {
-                transport: "unknown".into(),
+                transport: transport(event.sock_type, event.sock_protocol),
                 kind: ip_kind.into(),
                 direction: direction.into(),
             });
@@ -216,6 +245,12 @@ pub fn describe(event: &SyscallEvent, paths: &dyn PathResolver) -> Option<Descri
         }
         kind::LISTEN => {
             d.action = EventAction::Listen;
+            if event.sock_type != 0 {
+                d.details.insert(
+                    "network.transport".into(),
+                    transport(event.sock_type, event.sock_protocol),
+                );
+            }
             d.details.insert("fd".into(), arg_i32(args[0]).to_string());
             d.details
                 .insert("backlog".into(), arg_i32(args[1]).to_string());
@@ -354,6 +389,63 @@ pub fn describe(event: &SyscallEvent, paths: &dyn PathResolver) -> Option<Descri
             d.details
                 .insert("memory.length".into(), args[1].to_string());
             d.details.insert("prot".into(), protection(args[2]));
+        }
+        kind::DNS => {
+            // Not DNS after all (port 53 carries other things): no event.
+            let message = crate::dns::parse(&event.payload).ok()?;
+            d.action = EventAction::DnsQuery;
+            let received = event.flags & vigil_common::syscall_flags::RECEIVED != 0;
+            let (peer, ip_kind) = match sockaddr(addr) {
+                Some((endpoint, ip_kind)) => (Some(endpoint), ip_kind),
+                None => (None, "unknown"),
+            };
+            // The resolver is the far end whichever way the message went.
+            d.destination = peer;
+            d.network = Some(Network {
+                transport: transport(event.sock_type, event.sock_protocol),
+                kind: ip_kind.into(),
+                direction: if received { "ingress" } else { "egress" }.into(),
+            });
+            d.dns = Some(Dns {
+                kind: if message.response { "answer" } else { "query" }.into(),
+                id: message.id,
+                response_code: message.rcode,
+                question: DnsQuestion {
+                    name: message.name,
+                    kind: message.qtype,
+                },
+                resolved_ip: message.addresses.iter().map(|a| a.to_string()).collect(),
+            });
+            if event.flags & vigil_common::syscall_flags::PAYLOAD_TRUNCATED != 0 {
+                d.details.insert("dns.truncated".into(), "true".into());
+            }
+        }
+        kind::IO_URING => {
+            d.action = EventAction::IoUring;
+            let op = crate::syscalls::uring_op_name(*nr).unwrap_or("unknown");
+            d.details.insert("io_uring.opcode".into(), op.into());
+            d.details
+                .insert("io_uring.user_data".into(), format!("{:#x}", args[1]));
+            let fd = args[0] as u32 as i32;
+            // An open through io_uring names its file by the fd it returns.
+            let fd = if matches!(op, "OPENAT" | "OPENAT2") {
+                (*ret >= 0).then_some(*ret as i32)
+            } else {
+                (args[0] != u64::MAX).then_some(fd)
+            };
+            match fd {
+                Some(fd) => {
+                    d.details.insert("io_uring.fd".into(), fd.to_string());
+                    d.file = Some(file(paths.resolve(fd, None)));
+                }
+                None => {
+                    d.details
+                        .insert("io_uring.fixed_file".into(), "true".into());
+                }
+            }
+            if *ret >= 0 && !matches!(op, "OPENAT" | "OPENAT2") {
+                d.details.insert("io_uring.result".into(), ret.to_string());
+            }
         }
         _ => return None,
     }
@@ -515,6 +607,10 @@ mod tests {
             truncated: false,
             small: None,
             addr: Vec::new(),
+            payload: Vec::new(),
+            flags: 0,
+            sock_type: 0,
+            sock_protocol: 0,
         }
     }
 
@@ -572,6 +668,18 @@ mod tests {
             Some(("127.0.0.1", 8080))
         );
         assert_eq!(d.network.unwrap().kind, "ipv4");
+        e.sock_type = vigil_common::sock_type::STREAM;
+        e.sock_protocol = libc::IPPROTO_TCP as u16;
+        assert_eq!(
+            describe(&e, &Cwd).unwrap().network.unwrap().transport,
+            "tcp"
+        );
+        e.sock_type = vigil_common::sock_type::DGRAM;
+        e.sock_protocol = 0;
+        assert_eq!(
+            describe(&e, &Cwd).unwrap().network.unwrap().transport,
+            "udp"
+        );
         let mut v6 = vec![10, 0, 0, 80, 0, 0, 0, 0];
         v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
         v6.extend_from_slice(&[0, 0, 0, 0]);

@@ -15,6 +15,7 @@ use vigil_proto::{
 
 use crate::decode::{RawEvent, Subject, SyscallEvent};
 use crate::describe::{describe, Described, PathResolver, AT_FDCWD};
+use crate::dns::ResolvedNames;
 
 fn is_file_kind(record_kind: u32) -> bool {
     (vigil_common::kind::OPEN..=vigil_common::kind::UTIMES).contains(&record_kind)
@@ -127,7 +128,16 @@ pub struct Enricher<V> {
     /// Watched prefixes for file events: the kernel filters absolute paths, this filters the
     /// relative ones once resolved. `None`: every path.
     file_prefixes: Option<Vec<String>>,
+    /// DNS answers seen, so that connects to answered addresses carry the name.
+    names: ResolvedNames,
+    /// Files the kernel reported opened, per tgid by fd: names the file of an io_uring request
+    /// when the process is already gone from /proc. Forgotten at exit; bounded.
+    open_files: HashMap<u32, HashMap<i32, String>>,
 }
+
+/// Open files remembered per process, and processes with remembered files, at most.
+const OPEN_FILES_PER_PROCESS: usize = 256;
+const OPEN_FILES_PROCESSES: usize = 8192;
 
 impl<V: SystemView> Enricher<V> {
     pub fn new(ctx: HostContext, view: V) -> Self {
@@ -137,7 +147,14 @@ impl<V: SystemView> Enricher<V> {
             table: HashMap::new(),
             sequence: 0,
             file_prefixes: None,
+            names: ResolvedNames::default(),
+            open_files: HashMap::new(),
         }
+    }
+
+    /// Replaces the watched prefixes (after a rule reload).
+    pub fn set_file_prefixes(&mut self, prefixes: Option<Vec<String>>) {
+        self.file_prefixes = prefixes;
     }
 
     pub fn with_file_prefixes(mut self, prefixes: Option<Vec<String>>) -> Self {
@@ -212,15 +229,44 @@ impl<V: SystemView> Enricher<V> {
             .unwrap_or_else(|| self.unknown(&syscall.subject));
         let mut event = self.event(described.action, &syscall.subject, &info);
         let Described {
-            action: _,
+            action,
             mut file,
-            destination,
+            mut destination,
             source,
             network,
+            dns,
             mut target,
             error,
             details,
         } = described;
+        let now = syscall.subject.boot_ns;
+        match (action, &mut destination, &mut file) {
+            (EventAction::Connect, Some(endpoint), _) => {
+                if let Ok(ip) = endpoint.ip.parse() {
+                    endpoint.domain = self.names.lookup(pid, ip, now).map(str::to_owned);
+                }
+            }
+            (EventAction::Open, _, Some(f)) if syscall.ret >= 0 && !f.path.is_empty() => {
+                self.remember_open(pid, syscall.ret as i32, &f.path);
+            }
+            (EventAction::IoUring, _, Some(f)) if f.path.is_empty() => {
+                let fd = details
+                    .get("io_uring.fd")
+                    .and_then(|fd| fd.parse::<i32>().ok());
+                let own = self.open_files.get(&pid);
+                if let Some(known) = fd.and_then(|fd| own?.get(&fd)) {
+                    f.path = known.clone();
+                }
+            }
+            _ => {}
+        }
+        if let Some(answer) = dns.as_ref().filter(|d| d.kind == "answer") {
+            for ip in &answer.resolved_ip {
+                if let Ok(ip) = ip.parse() {
+                    self.names.record(pid, ip, &answer.question.name, now);
+                }
+            }
+        }
         if let Some(file) = file.as_mut() {
             if syscall.truncated {
                 file.flags.push("path_truncated".into());
@@ -236,10 +282,22 @@ impl<V: SystemView> Enricher<V> {
         event.destination = destination;
         event.source = source;
         event.network = network;
+        event.dns = dns;
         event.target = target;
         event.error = error;
         event.details = details;
         Some(event)
+    }
+
+    /// Remembers what a process's fd names, within the bounds.
+    fn remember_open(&mut self, pid: u32, fd: i32, path: &str) {
+        if self.open_files.len() >= OPEN_FILES_PROCESSES && !self.open_files.contains_key(&pid) {
+            return;
+        }
+        let own = self.open_files.entry(pid).or_default();
+        if own.len() < OPEN_FILES_PER_PROCESS || own.contains_key(&fd) {
+            own.insert(fd, path.to_owned());
+        }
     }
 
     /// The in-band record of kernel loss: `lost` records of `record_kind` did not fit in the ring
@@ -346,6 +404,8 @@ impl<V: SystemView> Enricher<V> {
     }
 
     fn exit(&mut self, subject: Subject, status: u32) -> Event {
+        self.names.forget_process(subject.tgid);
+        self.open_files.remove(&subject.tgid);
         let info = self
             .table
             .remove(&subject.tgid)

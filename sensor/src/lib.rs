@@ -8,13 +8,16 @@ pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod describe;
+pub mod dns;
 pub mod doctor;
 pub mod enrich;
 pub mod enroll;
 pub mod hashing;
 pub mod metrics;
 pub mod offsets;
+pub mod probe;
 pub mod procfs;
+pub mod pushdown;
 pub mod redact;
 pub mod ship;
 pub mod spool;
@@ -81,7 +84,15 @@ pub async fn run(
     let ctx = procfs::host_context();
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
-    let file_prefixes = config.file_prefixes();
+    let plan = pushdown::plan(&config, &rules.kernel_filter());
+    for note in &plan.notes {
+        tracing::info!("kernel filter: {note}");
+    }
+    let pushdown::CapturePlan {
+        actions,
+        file_prefixes,
+        notes: _,
+    } = plan;
     let mut enricher = Enricher::new(ctx, view).with_file_prefixes(file_prefixes.clone());
     let seeded = seed.len();
     for info in seed {
@@ -90,14 +101,20 @@ pub async fn run(
     let options = CaptureOptions {
         exec_hook: config.exec_hook,
         file_prefixes,
+        actions: actions.clone(),
         syscalls: config.syscalls,
         critical_ring_bytes: config.critical_ring_bytes,
         bulk_ring_bytes: config.bulk_ring_bytes,
     };
     let mut capture =
         Capture::start(std::process::id(), &options).context("starting kernel capture")?;
+    for refused in capture.refused() {
+        tracing::info!(event = refused.event, hook = %refused.hook, reason = %refused.reason, "hook refused, fell back");
+        metrics.hook(refused.event, &refused.hook, false);
+    }
     for hook in capture.hooks() {
         tracing::info!(event = hook.event, hook = %hook.hook, "attached");
+        metrics.hook(hook.event, &hook.hook, true);
     }
     tracing::info!(
         rules = rules.len(),
@@ -153,7 +170,20 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             () = next_hangup(&mut hangup) => {
-                reload_rules(&config, &mut rules, &metrics);
+                if reload_rules(&config, &mut rules, &metrics) {
+                    let plan = pushdown::plan(&config, &rules.kernel_filter());
+                    if plan.actions != actions {
+                        tracing::warn!("the reloaded rules read other event kinds: restart the sensor to attach or detach their hooks");
+                    }
+                    for note in &plan.notes {
+                        tracing::info!("kernel filter: {note}");
+                    }
+                    match capture.set_file_prefixes(plan.file_prefixes.as_deref()) {
+                        Ok(()) => tracing::info!(prefixes = ?plan.file_prefixes, "kernel prefix filter updated"),
+                        Err(e) => tracing::error!(error = %e, "updating the kernel prefix filter failed"),
+                    }
+                    enricher.set_file_prefixes(plan.file_prefixes);
+                }
                 continue;
             }
             _ = tick.tick() => {
@@ -323,7 +353,8 @@ async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 /// Swaps in the rules as the configured paths hold them now, or keeps the running set.
-fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetrics) {
+/// True when the rules changed.
+fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetrics) -> bool {
     match load_rules(config) {
         Ok(fresh) => {
             tracing::info!(
@@ -334,6 +365,7 @@ fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetr
             *rules = fresh;
             metrics.rules_loaded(rules.len());
             metrics.rule_reload(true);
+            true
         }
         Err(e) => {
             tracing::error!(
@@ -341,6 +373,7 @@ fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetr
                 rules.len()
             );
             metrics.rule_reload(false);
+            false
         }
     }
 }

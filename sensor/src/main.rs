@@ -53,6 +53,10 @@ struct Args {
     /// Check the configuration (with its .conf.d drop-ins) and rules, then exit.
     #[arg(long)]
     check_config: bool,
+    /// Load the kernel programs as the sensor would, print per event kind the hook in use and
+    /// why better ones were refused, detach and exit.
+    #[arg(long)]
+    probe: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -120,10 +124,14 @@ async fn main() -> ExitCode {
         let args = Args::parse();
         let check_only = args.check_config;
         let doctor = matches!(args.command, Some(Command::Doctor));
+        let probe = args.probe;
         let enroll = args.enroll.clone();
         let (config, files) = build_config(args)?;
         if doctor {
             return vigil_sensor::doctor::run(&config).await;
+        }
+        if probe {
+            return vigil_sensor::probe::run(&config);
         }
         if let Some(collector) = config.collector.as_ref().filter(|_| !check_only) {
             enroll_and_renew(enroll.as_deref(), collector).await?;

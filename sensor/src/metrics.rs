@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use vigil_proto::EventAction;
 
 /// Registration can only fail on a name clash or a malformed name, both fixed at compile time
@@ -25,9 +25,17 @@ pub struct SensorMetrics {
     rules_loaded: IntGauge,
     rule_reloads: IntCounterVec,
     batches_acked: IntCounter,
+    hooks: IntGaugeVec,
 }
 
 impl SensorMetrics {
+    /// Records the hook chosen for an event kind (`in_use`) or one the kernel refused.
+    pub fn hook(&self, event: &str, hook: &str, in_use: bool) {
+        self.hooks
+            .with_label_values(&[event, hook])
+            .set(i64::from(in_use));
+    }
+
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let events = IntCounterVec::new(
@@ -60,6 +68,14 @@ impl SensorMetrics {
             "vigil_sensor_batches_acked_total",
             "Batches the collector acknowledged as stored.",
         )?;
+        let hooks = IntGaugeVec::new(
+            Opts::new(
+                "vigil_sensor_hook",
+                "Kernel hooks per event kind: 1 in use, 0 refused by this kernel (tried first).",
+            ),
+            &["event", "hook"],
+        )?;
+        registry.register(Box::new(hooks.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(drops.clone()))?;
         registry.register(Box::new(rule_hits.clone()))?;
@@ -78,6 +94,7 @@ impl SensorMetrics {
             registry,
             events,
             events_by_action: HashMap::new(),
+            hooks,
             drops,
             rule_hits,
             rules_loaded,

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
-use vigil_common::KernelOffsets;
+use vigil_common::{FileOffsets, KernelOffsets, SocketOffsets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
@@ -58,6 +58,46 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, OffsetError> {
         mm_arg_end: required("mm_struct", &["arg_end"])?,
         bprm_filename: required("linux_binprm", &["filename"])?,
         _pad: 0,
+    })
+}
+
+/// Resolves the fd-to-socket path of [`SocketOffsets`] from the BTF file at `path`.
+pub fn socket_offsets(path: &Path) -> Result<SocketOffsets, OffsetError> {
+    let btf = Btf::from_file(path).map_err(|source| OffsetError::Btf {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let resolver = Resolver { btf: &btf };
+    let field = |structure: &str, names: &[&str]| resolver.offset_of_any(structure, names);
+    // The sock_common fields sit inside `struct sock` at `__sk_common`.
+    let common = field("sock", &["__sk_common"])?;
+    Ok(SocketOffsets {
+        task_files: field("task_struct", &["files"])?,
+        files_fdt: field("files_struct", &["fdt"])?,
+        fdt_max_fds: field("fdtable", &["max_fds"])?,
+        fdt_fd: field("fdtable", &["fd"])?,
+        file_private_data: field("file", &["private_data"])?,
+        socket_type: field("socket", &["type"])?,
+        socket_file: field("socket", &["file"])?,
+        socket_sk: field("socket", &["sk"])?,
+        sk_family: common + field("sock_common", &["skc_family"])?,
+        sk_dport: common + field("sock_common", &["skc_dport"])?,
+        // A u16 since 5.6; before, a bitfield this reader cannot take (left unavailable).
+        sk_protocol: field("sock", &["sk_protocol"]).unwrap_or(SocketOffsets::UNAVAILABLE),
+        _pad: 0,
+    })
+}
+
+/// Resolves the `struct file` fields the file-open hooks read.
+pub fn file_offsets(path: &Path) -> Result<FileOffsets, OffsetError> {
+    let btf = Btf::from_file(path).map_err(|source| OffsetError::Btf {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let resolver = Resolver { btf: &btf };
+    Ok(FileOffsets {
+        file_f_path: resolver.offset_of_any("file", &["f_path"])?,
+        file_f_flags: resolver.offset_of_any("file", &["f_flags"])?,
     })
 }
 
@@ -138,6 +178,20 @@ mod tests {
         assert!(offsets.mm_arg_end > offsets.mm_arg_start, "{offsets:?}");
         assert!(offsets.cred_euid > offsets.cred_uid, "{offsets:?}");
         assert_ne!(offsets.task_tgid, offsets.task_pid);
+    }
+
+    #[test]
+    fn running_kernel_has_the_socket_fields() {
+        let path = Path::new(KERNEL_BTF);
+        if !path.exists() {
+            eprintln!("SKIP: {KERNEL_BTF} absent: this kernel has no BTF");
+            return;
+        }
+        let offsets = socket_offsets(path).expect("socket offsets");
+        // skc_family and skc_dport live in sock_common at the start of struct sock.
+        assert!(offsets.sk_dport < offsets.sk_protocol, "{offsets:?}");
+        assert_ne!(offsets.socket_file, offsets.socket_sk);
+        assert_ne!(offsets.sk_protocol, SocketOffsets::UNAVAILABLE);
     }
 
     #[test]

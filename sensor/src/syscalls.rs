@@ -2,7 +2,8 @@
 //! record becomes an ECS event. x86_64 numbers come from libc's constants; a syscall whose
 //! tracepoint a kernel lacks is skipped at attach time and reported.
 
-use vigil_common::{kind, spec_flags, SyscallSpec};
+use vigil_common::{dns_op, kind, spec_flags, SyscallSpec};
+use vigil_proto::EventAction;
 
 /// One captured syscall: its tracepoint name and what to copy.
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +29,8 @@ const fn spec(kind: u32, flags: u32, str_args: [u8; 2]) -> SyscallSpec {
 
 const FILE: u32 = spec_flags::PREFIX_FILTER;
 const CRIT: u32 = spec_flags::CRITICAL;
+/// Network syscalls on a socket fd: critical, with the socket's type and protocol.
+const SOCK: u32 = spec_flags::CRITICAL | spec_flags::SOCKET_FD;
 /// Credential changes: the header says who the process was before.
 const CRED: u32 = spec_flags::CRITICAL | spec_flags::HEADER_AT_ENTER;
 
@@ -94,19 +97,19 @@ pub fn table() -> Vec<Captured> {
         c(
             "connect",
             SYS_connect,
-            with_addr(spec(kind::CONNECT, CRIT, [0, 0]), 2, 3),
+            with_addr(spec(kind::CONNECT, SOCK, [0, 0]), 2, 3),
         ),
         c(
             "bind",
             SYS_bind,
-            with_addr(spec(kind::BIND, CRIT, [0, 0]), 2, 3),
+            with_addr(spec(kind::BIND, SOCK, [0, 0]), 2, 3),
         ),
-        c("listen", SYS_listen, spec(kind::LISTEN, CRIT, [0, 0])),
+        c("listen", SYS_listen, spec(kind::LISTEN, SOCK, [0, 0])),
         c(
             "accept4",
             SYS_accept4,
             with_addr(
-                spec(kind::ACCEPT, CRIT | spec_flags::ADDR_AT_EXIT, [0, 0]),
+                spec(kind::ACCEPT, SOCK | spec_flags::ADDR_AT_EXIT, [0, 0]),
                 2,
                 3,
             ),
@@ -115,7 +118,7 @@ pub fn table() -> Vec<Captured> {
             "accept",
             SYS_accept,
             with_addr(
-                spec(kind::ACCEPT, CRIT | spec_flags::ADDR_AT_EXIT, [0, 0]),
+                spec(kind::ACCEPT, SOCK | spec_flags::ADDR_AT_EXIT, [0, 0]),
                 2,
                 3,
             ),
@@ -215,3 +218,98 @@ pub const DEFAULT_FILE_PREFIXES: &[&str] = &[
     "/dev/shm/",
     "/var/tmp/",
 ];
+
+/// The syscalls that carry DNS over UDP, and which of them each number is.
+pub fn dns_syscalls() -> [(&'static str, i64, u32); 6] {
+    [
+        ("sendto", libc::SYS_sendto, dns_op::SENDTO),
+        ("sendmsg", libc::SYS_sendmsg, dns_op::SENDMSG),
+        ("sendmmsg", libc::SYS_sendmmsg, dns_op::SENDMMSG),
+        ("recvfrom", libc::SYS_recvfrom, dns_op::RECVFROM),
+        ("recvmsg", libc::SYS_recvmsg, dns_op::RECVMSG),
+        ("recvmmsg", libc::SYS_recvmmsg, dns_op::RECVMMSG),
+    ]
+}
+
+/// io_uring opcodes (the stable `IORING_OP_*` uapi values) whose requests are reported: those
+/// that touch files or the network.
+pub const URING_OPS: &[(u8, &str)] = &[
+    (1, "READV"),
+    (2, "WRITEV"),
+    (4, "READ_FIXED"),
+    (5, "WRITE_FIXED"),
+    (9, "SENDMSG"),
+    (10, "RECVMSG"),
+    (13, "ACCEPT"),
+    (16, "CONNECT"),
+    (17, "FALLOCATE"),
+    (18, "OPENAT"),
+    (22, "READ"),
+    (23, "WRITE"),
+    (26, "SEND"),
+    (27, "RECV"),
+    (28, "OPENAT2"),
+    (30, "SPLICE"),
+    (35, "RENAMEAT"),
+    (36, "UNLINKAT"),
+    (37, "MKDIRAT"),
+    (38, "SYMLINKAT"),
+    (39, "LINKAT"),
+    (45, "SOCKET"),
+    (53, "SEND_ZC"),
+    (54, "SENDMSG_ZC"),
+    (55, "READ_MULTISHOT"),
+    (56, "WAITID"),
+    (58, "FTRUNCATE"),
+    (59, "BIND"),
+    (60, "LISTEN"),
+];
+
+/// The name of an io_uring opcode, as `io_uring_submit_req` prints it.
+pub fn uring_op_name(opcode: u32) -> Option<&'static str> {
+    URING_OPS
+        .iter()
+        .find(|(op, _)| u32::from(*op) == opcode)
+        .map(|(_, name)| *name)
+}
+
+/// The actions records of a kind can become (an unlinkat may be an rmdir).
+pub fn actions_of(record_kind: u32) -> &'static [EventAction] {
+    use EventAction as A;
+    match record_kind {
+        kind::OPEN => &[A::Open],
+        kind::UNLINK => &[A::Unlink, A::Rmdir],
+        kind::RENAME => &[A::Rename],
+        kind::CHMOD => &[A::Chmod],
+        kind::CHOWN => &[A::Chown],
+        kind::TRUNCATE => &[A::Truncate],
+        kind::LINK => &[A::Link],
+        kind::SYMLINK => &[A::Symlink],
+        kind::MKDIR => &[A::Mkdir],
+        kind::RMDIR => &[A::Rmdir],
+        kind::UTIMES => &[A::Utimes],
+        kind::CONNECT => &[A::Connect],
+        kind::BIND => &[A::Bind],
+        kind::LISTEN => &[A::Listen],
+        kind::ACCEPT => &[A::Accept],
+        kind::SETUID => &[A::SetUid],
+        kind::SETGID => &[A::SetGid],
+        kind::CAPSET => &[A::Capset],
+        kind::PTRACE => &[A::Ptrace],
+        kind::PROCESS_VM_WRITE => &[A::ProcessVmWrite],
+        kind::KILL => &[A::Kill],
+        kind::MODULE_LOAD => &[A::ModuleLoad],
+        kind::MODULE_UNLOAD => &[A::ModuleUnload],
+        kind::BPF_LOAD => &[A::BpfLoad],
+        kind::MOUNT => &[A::Mount],
+        kind::UMOUNT => &[A::Umount],
+        kind::UNSHARE => &[A::Unshare],
+        kind::SETNS => &[A::Setns],
+        kind::MEMFD_CREATE => &[A::MemfdCreate],
+        kind::EXEC_FD => &[A::Exec],
+        kind::EXEC_MEMORY => &[A::ExecMemory],
+        kind::DNS => &[A::DnsQuery],
+        kind::IO_URING => &[A::IoUring],
+        _ => &[],
+    }
+}

@@ -115,6 +115,7 @@ fn connects_over_ipv4_and_ipv6_carry_the_remote_address() {
             if addr.is_ipv4() { "ipv4" } else { "ipv6" }
         );
         assert_eq!(connect["network"]["direction"], "egress");
+        assert_eq!(connect["network"]["transport"], "tcp");
         assert!(connect.get("error").is_none(), "{connect}");
     }
 }
@@ -374,5 +375,355 @@ fn a_flooded_bulk_lane_counts_every_loss_reports_it_in_band_and_never_costs_an_e
         reported_lost <= produced - delivered + 1000,
         "lost {reported_lost} far above what the flood could lose ({})",
         produced - delivered
+    );
+}
+
+/// The answer the test's resolver gives for [`DNS_NAME`]: on loopback, but not the resolver's
+/// own address, so a connect can only carry the name through the answer.
+const DNS_ANSWER: [u8; 4] = [127, 0, 0, 2];
+const DNS_NAME: &str = "c2.vigil-test.example";
+
+/// Brings `lo` up in the calling thread's network namespace.
+fn loopback_up() {
+    // SAFETY: a socket for the ioctl, a zeroed ifreq with the name and flags set, closed after.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket for SIOCSIFFLAGS");
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        request.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &request);
+        libc::close(fd);
+        assert_eq!(rc, 0, "bringing lo up: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Answers every query on `socket`: A queries for [`DNS_NAME`] with [`DNS_ANSWER`], anything
+/// else with an empty NOERROR, until `done` returns true. Returns the queries' names.
+fn respond(socket: &std::net::UdpSocket, mut done: impl FnMut() -> bool) -> Vec<String> {
+    use simple_dns::{rdata, Packet, ResourceRecord, CLASS, QTYPE, TYPE};
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("read timeout");
+    let mut asked = Vec::new();
+    let mut buf = [0u8; 512];
+    while !done() {
+        let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let Ok(query) = Packet::parse(&buf[..len]) else {
+            continue;
+        };
+        let mut reply = Packet::new_reply(query.id());
+        for question in &query.questions {
+            asked.push(question.qname.to_string());
+            reply.questions.push(question.clone());
+            if question.qtype == QTYPE::TYPE(TYPE::A) && question.qname.to_string() == DNS_NAME {
+                reply.answers.push(ResourceRecord::new(
+                    question.qname.clone(),
+                    CLASS::IN,
+                    60,
+                    rdata::RData::A(rdata::A {
+                        address: u32::from(std::net::Ipv4Addr::from(DNS_ANSWER)),
+                    }),
+                ));
+            }
+        }
+        let bytes = reply.build_bytes_vec().expect("build the answer");
+        socket.send_to(&bytes, peer).expect("send the answer");
+    }
+    asked
+}
+
+/// In a network and mount namespace of its own (a thread of the test: namespaces are per
+/// thread, and a child inherits its spawning thread's), with /etc/resolv.conf pointing at a
+/// resolver the test runs on 127.0.0.1:53: the actor resolves a name through the C library and
+/// connects to the answer. `{port}` in the actor's arguments becomes the port of a listener on
+/// the answered address. Returns the actor's pid, its stdout and the names it asked.
+fn resolve_in_a_private_network(actor_args: Vec<String>) -> (u32, String, Vec<String>) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let resolv = scratch.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n",
+    )
+    .expect("write resolv.conf");
+    std::thread::spawn(move || {
+        use nix::mount::{mount, MsFlags};
+        use nix::sched::{unshare, CloneFlags};
+        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare net+mnt");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make mounts private");
+        mount(
+            Some(&resolv),
+            "/etc/resolv.conf",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind-mount resolv.conf");
+        loopback_up();
+        let resolver = std::net::UdpSocket::bind("127.0.0.1:53").expect("bind 127.0.0.1:53");
+        let listener =
+            TcpListener::bind((std::net::Ipv4Addr::from(DNS_ANSWER), 0)).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let actor_args: Vec<String> = actor_args
+            .into_iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let mut child = Command::new(ACTOR)
+            .args(&actor_args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start vigil-actor");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let asked = respond(&resolver, || {
+            matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline
+        });
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait for vigil-actor");
+        assert!(
+            out.status.success(),
+            "vigil-actor {actor_args:?} failed: {out:?}"
+        );
+        drop(scratch);
+        (
+            pid,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            asked,
+        )
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+#[test]
+fn a_dns_lookup_is_captured_and_names_the_connect_to_its_answer() {
+    require_root();
+    let sensor = sensor();
+    let (pid, out, asked) = resolve_in_a_private_network(vec![
+        "resolve-connect".into(),
+        DNS_NAME.into(),
+        "{port}".into(),
+    ]);
+    assert!(
+        asked.iter().any(|n| n == DNS_NAME),
+        "the resolver was not asked: {asked:?}"
+    );
+    assert!(out.contains("resolved 127.0.0.2:"), "{out}");
+
+    let query = event_where(&sensor, pid, "dns_query", |e| {
+        e["dns"]["type"] == "query" && e["dns"]["question"]["type"] == "A"
+    });
+    assert_eq!(query["dns"]["question"]["name"], DNS_NAME);
+    assert_eq!(query["network"]["transport"], "udp");
+    assert_eq!(query["network"]["direction"], "egress");
+    assert!(query.get("error").is_none(), "{query}");
+
+    let answer = event_where(&sensor, pid, "dns_query", |e| {
+        e["dns"]["type"] == "answer" && e["dns"]["question"]["type"] == "A"
+    });
+    assert_eq!(answer["dns"]["question"]["name"], DNS_NAME);
+    assert_eq!(
+        answer["dns"]["resolved_ip"],
+        serde_json::json!(["127.0.0.2"])
+    );
+    assert_eq!(answer["dns"]["response_code"], "NOERROR");
+    assert_eq!(
+        answer["dns"]["id"], query["dns"]["id"],
+        "the answer pairs with the query"
+    );
+    assert_eq!(answer["destination"]["ip"], "127.0.0.1");
+    assert_eq!(answer["destination"]["port"], 53);
+    assert_eq!(answer["network"]["direction"], "ingress");
+
+    // The C library connects its UDP socket to the resolver first: a udp connect.
+    let to_resolver = event_where(&sensor, pid, "connect", |e| {
+        e["destination"]["ip"] == "127.0.0.1" && e["destination"]["port"] == 53
+    });
+    assert_eq!(to_resolver["network"]["transport"], "udp");
+    let connect = event_where(&sensor, pid, "connect", |e| {
+        e["destination"]["ip"] == "127.0.0.2"
+    });
+    assert_eq!(connect["destination"]["domain"], DNS_NAME);
+    assert_eq!(connect["network"]["transport"], "tcp");
+}
+
+#[test]
+fn file_io_through_io_uring_is_seen_with_its_file() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("uring.txt");
+    let p = path.to_str().expect("utf-8");
+    let sensor = sensor();
+    let (pid, out) = act(&["uring-write-read", p]);
+    assert!(
+        out.contains("uring ok"),
+        "the actor's io_uring I/O failed: {out}"
+    );
+    for (op, user_data) in [("WRITE", "0x1"), ("READ", "0x2")] {
+        let event = event_where(&sensor, pid, "io_uring", |e| {
+            e["details"]["io_uring.opcode"] == op
+        });
+        assert_eq!(event["file"]["path"], p, "{op}: {event}");
+        assert_eq!(event["details"]["io_uring.result"], "11", "{op}: 11 bytes");
+        assert_eq!(event["details"]["io_uring.user_data"], user_data);
+        assert!(event.get("error").is_none(), "{event}");
+    }
+}
+
+#[test]
+fn with_capture_kinds_rules_the_kernel_captures_only_what_the_rules_read() {
+    require_root();
+    // NB: Sigma compares paths case-insensitively and the rule compiler folds them to lower
+    // case; the kernel's prefix trie compares bytes, so the watched name is lower case.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let watched = tempfile::Builder::new()
+        .prefix(&format!("vigil-pushdown-{}-{nanos}", std::process::id()))
+        .rand_bytes(0)
+        .tempdir()
+        .expect("tempdir");
+    let unwatched = tempfile::Builder::new()
+        .prefix(&format!("vigil-pushdown-{}-{nanos}-b", std::process::id()))
+        .rand_bytes(0)
+        .tempdir()
+        .expect("tempdir");
+    let rules = tempfile::tempdir().expect("tempdir");
+    let prefix = format!("{}/", watched.path().display());
+    std::fs::write(
+        rules.path().join("file.yml"),
+        format!(
+            "title: watched dir\nid: pushdown-file\nlogsource: {{product: linux, category: file_access}}\ndetection: {{s: {{TargetFilename|startswith: '{prefix}'}}, condition: s}}\nlevel: low\n"
+        ),
+    )
+    .expect("write rule");
+    std::fs::write(
+        rules.path().join("net.yml"),
+        "title: port 4444\nid: pushdown-net\nlogsource: {product: linux, category: network_connection}\ndetection: {s: {DestinationPort: 4444}, condition: s}\nlevel: low\n",
+    )
+    .expect("write rule");
+    // No configured prefix covers either directory: only the rule's prefix can let opens in.
+    let config = watched.path().join("sensor.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "output: stdout\ncapture_kinds: [rules]\nfile_prefixes: [\"/vigil-nothing-here/\"]\nrules: [\"{}\"]\n",
+            rules.path().display()
+        ),
+    )
+    .expect("write config");
+    let sensor = start_sensor(&["--config", config.to_str().expect("utf-8")]);
+    let log = sensor.stderr_text();
+    let skipped = log
+        .lines()
+        .find(|l| l.contains("not attached: no rule or setting selects their events"))
+        .unwrap_or_else(|| panic!("no kinds left unattached:\n{log}"));
+    for syscall in ["chmod", "ptrace", "mount", "setuid", "unlink"] {
+        assert!(skipped.contains(syscall), "{syscall} attached: {skipped}");
+    }
+    for syscall in ["openat", "connect"] {
+        assert!(
+            !skipped.contains(&format!("{syscall},")) && !skipped.ends_with(syscall),
+            "{syscall} left out: {skipped}"
+        );
+    }
+
+    let existing = watched.path().join("existing");
+    std::fs::write(&existing, b"x").expect("write");
+    let (chmod_pid, _) = act(&["chmod", existing.to_str().expect("utf-8"), "600"]);
+    let elsewhere = unwatched.path().join("elsewhere");
+    let (elsewhere_pid, _) = act(&["open-write", elsewhere.to_str().expect("utf-8")]);
+    let inside = watched.path().join("inside");
+    let inside = inside.to_str().expect("utf-8");
+    let (inside_pid, _) = act(&["open-write", inside]);
+    event_where(&sensor, inside_pid, "open", |e| e["file"]["path"] == inside);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let (connect_pid, _) = act(&["connect", &listener.local_addr().expect("addr").to_string()]);
+    event_of(&sensor, connect_pid, "connect");
+
+    let events = json_lines(&sensor.stdout_lines());
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["process"]["pid"] == chmod_pid && e["event"]["action"] == "chmod"),
+        "chmod is read by no rule, yet was captured"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["process"]["pid"] == elsewhere_pid && e["event"]["action"] == "open"),
+        "an open outside the rule's prefix was captured"
+    );
+
+    // The rule moves to the other directory: SIGHUP updates the kernel's prefix map in place.
+    std::fs::write(
+        rules.path().join("file.yml"),
+        format!(
+            "title: watched dir\nid: pushdown-file\nlogsource: {{product: linux, category: file_access}}\ndetection: {{s: {{TargetFilename|startswith: '{}/'}}, condition: s}}\nlevel: low\n",
+            unwatched.path().display()
+        ),
+    )
+    .expect("rewrite rule");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sensor.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    poll_until(Duration::from_secs(10), || {
+        sensor
+            .stderr_text()
+            .contains("kernel prefix filter updated")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no prefix update after SIGHUP:\n{}", sensor.stderr_text()));
+    let old_place = watched.path().join("after-reload");
+    let (old_pid, _) = act(&["open-write", old_place.to_str().expect("utf-8")]);
+    let new_place = unwatched.path().join("after-reload");
+    let new_place = new_place.to_str().expect("utf-8");
+    let (new_pid, _) = act(&["open-write", new_place]);
+    event_where(&sensor, new_pid, "open", |e| e["file"]["path"] == new_place);
+    assert!(
+        !json_lines(&sensor.stdout_lines())
+            .iter()
+            .any(|e| e["process"]["pid"] == old_pid && e["event"]["action"] == "open"),
+        "the old prefix is still watched after the reload"
+    );
+}
+
+#[test]
+fn a_dns_query_from_an_unconnected_socket_is_captured_both_ways() {
+    require_root();
+    let sensor = sensor();
+    let (pid, out, asked) = resolve_in_a_private_network(vec![
+        "dns-sendto".into(),
+        "127.0.0.1:53".into(),
+        DNS_NAME.into(),
+    ]);
+    assert!(asked.iter().any(|n| n == DNS_NAME), "{asked:?}");
+    assert!(out.contains("from 127.0.0.1:53"), "{out}");
+    let query = event_where(&sensor, pid, "dns_query", |e| e["dns"]["type"] == "query");
+    assert_eq!(query["dns"]["id"], 0x5647);
+    assert_eq!(query["dns"]["question"]["name"], DNS_NAME);
+    assert_eq!(query["details"]["syscall"], "sendto");
+    assert_eq!(query["destination"]["ip"], "127.0.0.1");
+    assert_eq!(query["destination"]["port"], 53);
+    let answer = event_where(&sensor, pid, "dns_query", |e| e["dns"]["type"] == "answer");
+    assert_eq!(answer["dns"]["id"], 0x5647);
+    assert_eq!(answer["details"]["syscall"], "recvfrom");
+    assert_eq!(
+        answer["dns"]["resolved_ip"],
+        serde_json::json!(["127.0.0.2"])
     );
 }

@@ -223,3 +223,70 @@ fn secrets_on_command_lines_never_reach_the_output() {
         .collect();
     assert!(leaked.is_empty(), "secret in the output: {leaked:?}");
 }
+
+/// `vigil-sensor --probe` runs the sensor's own hook chains: here fentry and LSM are refused
+/// with EPERM (this kernel forbids trampolines), so file opens fall back to the syscall
+/// tracepoints; and the running sensor then really captures opens through them.
+#[test]
+fn probe_lists_the_refused_fentry_and_lsm_hooks_and_the_tracepoint_fallback_in_use() {
+    require_root();
+    let out = Command::new(vigil_tests::bin("vigil-sensor"))
+        .arg("--probe")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run vigil-sensor --probe");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "--probe failed: {table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |hook: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with("file open") && l.contains(hook))
+            .unwrap_or_else(|| panic!("no file open row for {hook}:\n{table}"))
+            .to_owned()
+    };
+    let fentry = row("fentry/security_file_open");
+    let lsm = row("lsm/file_open");
+    let tracepoint = row("tracepoint/syscalls/sys_{enter,exit}_{openat,open,creat,openat2}");
+    assert!(fentry.contains("refused: load: EPERM"), "{fentry}");
+    assert!(lsm.contains("refused: load: EPERM"), "{lsm}");
+    assert!(tracepoint.ends_with("in use"), "{tracepoint}");
+    let lines: Vec<&str> = table.lines().collect();
+    let position = |row: &str| lines.iter().position(|l| *l == row);
+    assert!(
+        position(&fentry) < position(&lsm) && position(&lsm) < position(&tracepoint),
+        "the chain is tried best first:\n{table}"
+    );
+
+    // The sensor makes the same choice and really uses the fallback.
+    let sensor = start_sensor(&["--output", "stdout"]);
+    let log = sensor.stderr_text();
+    assert!(
+        log.lines().any(|l| l.contains("hook refused, fell back")
+            && l.contains("fentry/security_file_open")
+            && l.contains("EPERM")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("attached")
+            && l.contains("file open")
+            && l.contains("tracepoint/syscalls")),
+        "{log}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("probe-open");
+    let path_text = path.to_str().expect("utf-8").to_owned();
+    std::fs::write(&path, b"x").expect("write");
+    let open = poll_until(Duration::from_secs(5), || {
+        json_lines(&sensor.stdout_lines()).into_iter().find(|e| {
+            e["event"]["action"] == "open"
+                && e["file"]["path"] == path_text.as_str()
+                && e["process"]["pid"] == std::process::id()
+        })
+    })
+    .unwrap_or_else(|| panic!("the fallback captured no open of {path_text}"));
+    assert_eq!(open["details"]["syscall"], "openat", "{open}");
+}

@@ -54,6 +54,9 @@ fn main() -> ExitCode {
         "mount-tmpfs" => mount_tmpfs(arg(1)),
         "memfd-exec" => memfd_exec(),
         "mprotect-exec" => mprotect_exec(),
+        "resolve-connect" => resolve_connect(arg(1), arg(2)),
+        "dns-sendto" => dns_sendto(arg(1), arg(2)),
+        "uring-write-read" => uring_write_read(arg(1)),
         other => Err(format!("unknown operation {other:?}")),
     };
     match result {
@@ -187,5 +190,92 @@ fn mprotect_exec() -> Result<(), String> {
             return Err("mprotect failed".into());
         }
     }
+    Ok(())
+}
+
+/// Resolves NAME through the C library (getaddrinfo: /etc/resolv.conf, UDP port 53, as any
+/// program does), then connects to the first IPv4 answer on PORT. Prints the address.
+fn resolve_connect(name: &str, port: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let port: u16 = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
+    let address = (name, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {name}: {e}"))?
+        .find(std::net::SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("{name} has no IPv4 address"))?;
+    println!("resolved {address}");
+    let _ = std::io::stdout().flush();
+    std::net::TcpStream::connect(address)
+        .map(drop)
+        .map_err(|e| format!("connecting to {address}: {e}"))
+}
+
+/// Opens PATH (an ordinary openat), then writes "vigil-uring" and reads it back through
+/// io_uring (IORING_OP_WRITE and IORING_OP_READ on the fd): no write or read syscall.
+fn uring_write_read(path: &str) -> Result<(), String> {
+    use io_uring::{opcode, types, IoUring};
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let fd = types::Fd(file.as_raw_fd());
+    let mut ring = IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let text = b"vigil-uring";
+    let mut back = [0u8; 11];
+    let write = opcode::Write::new(fd, text.as_ptr(), text.len() as u32)
+        .offset(0)
+        .build()
+        .user_data(1);
+    let read = opcode::Read::new(fd, back.as_mut_ptr(), back.len() as u32)
+        .offset(0)
+        .build()
+        .user_data(2);
+    for entry in [write, read] {
+        // SAFETY: the buffers outlive the request: it completes before the next one is pushed.
+        unsafe { ring.submission().push(&entry) }.map_err(|e| e.to_string())?;
+        ring.submit_and_wait(1).map_err(|e| e.to_string())?;
+        let cqe = ring.completion().next().ok_or("no completion")?;
+        if cqe.result() < 0 {
+            return Err(format!(
+                "request {} failed: {}",
+                cqe.user_data(),
+                cqe.result()
+            ));
+        }
+    }
+    if &back != text {
+        return Err(format!("read back {back:?}"));
+    }
+    println!("uring ok");
+    Ok(())
+}
+
+/// Sends one A query for NAME from an unconnected UDP socket to RESOLVER (sendto with an
+/// address, recvfrom naming the sender: the other way programs talk DNS) and waits for the
+/// answer.
+fn dns_sendto(resolver: &str, name: &str) -> Result<(), String> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    // Header: id 0x5647, RD, one question; then the name as labels, type A, class IN.
+    let mut query = vec![0x56, 0x47, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    socket
+        .send_to(&query, resolver)
+        .map_err(|e| format!("sendto {resolver}: {e}"))?;
+    let mut answer = [0u8; 512];
+    let (len, from) = socket
+        .recv_from(&mut answer)
+        .map_err(|e| format!("recvfrom: {e}"))?;
+    println!("answer {len} bytes from {from}");
     Ok(())
 }
