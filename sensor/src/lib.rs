@@ -4,6 +4,7 @@
 //! (so the table needs no lock), and hands events and alerts to the shipping task through a
 //! bounded channel whose drops are counted.
 
+pub mod alerting;
 pub mod capture;
 pub mod config;
 pub mod decode;
@@ -143,6 +144,7 @@ pub async fn run(
     let mut hasher = hashing::Hasher::start();
     // Exec events waiting for their executable's hash, by sequence number, with their age.
     let mut awaiting_hash: HashMap<u64, (Instant, Event)> = HashMap::new();
+    let mut alerter = alerting::Alerter::new();
     let mut out = Outputs {
         stdout: (config.output == Output::Stdout).then(|| std::io::stdout().lock()),
         ship: ship_tx,
@@ -153,10 +155,15 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             () = next_hangup(&mut hangup) => {
-                reload_rules(&config, &mut rules, &metrics);
+                for alert in reload_rules(&config, &mut rules, &mut alerter, &metrics) {
+                    emit_alert(alert, &redactor, &metrics, &mut out);
+                }
                 continue;
             }
             _ = tick.tick() => {
+                for alert in alerter.expire(&rules, vigil_proto::Timestamp::now()) {
+                    emit_alert(alert, &redactor, &metrics, &mut out);
+                }
                 let losses = report_counters(&capture, &mut last_counters, &stats, &mut reported, &metrics);
                 events.extend(losses.into_iter().map(|(kind, lost)| {
                     enricher.loss_event(decode::kind_name(kind), lost, vigil_proto::Timestamp::now())
@@ -188,12 +195,10 @@ pub async fn run(
         for mut event in events {
             metrics.event(event.event.action);
             // Rules see the command line as it was; nothing that leaves the sensor does.
-            let mut alerts = detect(&rules, &event);
+            let alerts = alerter.on_event(&rules, &event, event.timestamp);
             redactor.redact_event(&mut event);
-            for mut alert in alerts.drain(..) {
-                metrics.rule_hit(&alert.rule.id);
-                redactor.redact_event(&mut alert.event);
-                out.alert(alert);
+            for alert in alerts {
+                emit_alert(alert, &redactor, &metrics, &mut out);
             }
             if event.event.action == EventAction::Exec && event.details.is_empty() {
                 // The running image first (a file replaced since exec is not it); the path
@@ -293,21 +298,16 @@ impl Outputs<'_> {
     }
 }
 
-/// Rule matches of one event, as alerts carrying the whole event.
-pub fn detect(rules: &RuleSet, event: &Event) -> Vec<Alert> {
-    // Each rule reads only its category's actions: RuleSet::matches indexes by action.
-    rules
-        .matches(event)
-        .into_iter()
-        .map(|rule| {
-            let mut event = event.clone();
-            event.event.kind = "alert".into();
-            Alert {
-                rule: rule.info().clone(),
-                event,
-            }
-        })
-        .collect()
+/// Counts, redacts and sends one alert.
+fn emit_alert(
+    mut alert: Alert,
+    redactor: &redact::Redactor,
+    metrics: &SensorMetrics,
+    out: &mut Outputs<'_>,
+) {
+    metrics.rule_hit(&alert.rule.id);
+    redactor.redact_event(&mut alert.event);
+    out.alert(alert);
 }
 
 /// Completes on the next SIGHUP; never, without a handler.
@@ -323,7 +323,13 @@ async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 /// Swaps in the rules as the configured paths hold them now, or keeps the running set.
-fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetrics) {
+/// Returns the summaries of the dedup windows the old set had open.
+fn reload_rules(
+    config: &SensorConfig,
+    rules: &mut RuleSet,
+    alerter: &mut alerting::Alerter,
+    metrics: &SensorMetrics,
+) -> Vec<Alert> {
     match load_rules(config) {
         Ok(fresh) => {
             tracing::info!(
@@ -331,9 +337,11 @@ fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetr
                 previous = rules.len(),
                 "SIGHUP: rules reloaded"
             );
+            let summaries = alerter.replace_rules(rules);
             *rules = fresh;
             metrics.rules_loaded(rules.len());
             metrics.rule_reload(true);
+            summaries
         }
         Err(e) => {
             tracing::error!(
@@ -341,6 +349,7 @@ fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetr
                 rules.len()
             );
             metrics.rule_reload(false);
+            Vec::new()
         }
     }
 }
