@@ -6,7 +6,9 @@
 //! end-of-window summary alert, and a match the bounded tables could not hold is raised (dedup)
 //! or counted (correlation) rather than lost without trace.
 
-use vigil_detect::{CorrelationEngine, DedupDecision, DedupSummary, Deduplicator, Rule, RuleSet};
+use vigil_detect::{
+    CorrelationEngine, DedupDecision, DedupSummary, Deduplicator, Rule, RuleAction, RuleSet,
+};
 use vigil_proto::{Alert, CorrelationInfo, DedupInfo, Event, Timestamp};
 
 /// Open dedup windows, over all rules and keys (one event each at most).
@@ -15,6 +17,16 @@ const MAX_DEDUP_KEYS: usize = 16_384;
 const MAX_CORRELATION_GROUPS: usize = 4_096;
 /// Remembered matches per correlation group.
 const MAX_GROUP_ENTRIES: usize = 256;
+
+/// What one event raised.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub alerts: Vec<Alert>,
+    /// Indices into `alerts` of the alerts of `kill` rules, to be marked with what was done.
+    pub kill_alerts: Vec<usize>,
+    /// A `kill` rule matched (even if its alert was deduplicated): the process must die.
+    pub kill: bool,
+}
 
 /// Dedup and correlation state for the running rule set.
 #[derive(Debug)]
@@ -40,12 +52,21 @@ impl Alerter {
     /// The alerts `event` raises at `now`: the rules it matches (less those a dedup window
     /// suppresses) and the correlations it completes. Closed dedup windows are summarised
     /// first, so a summary always precedes the next window's first alert.
-    pub fn on_event(&mut self, rules: &RuleSet, event: &Event, now: Timestamp) -> Vec<Alert> {
+    pub fn on_event(&mut self, rules: &RuleSet, event: &Event, now: Timestamp) -> Outcome {
         let mut alerts = self.expire(rules, now);
+        let mut kill_alerts = Vec::new();
+        let mut kill = false;
         let matched = rules.matches(event);
         for rule in &matched {
+            let kills = rule.options().action == RuleAction::Kill;
+            kill |= kills;
             match self.dedup.observe(rule, event, now) {
-                DedupDecision::Raise => alerts.push(raised(rule, event, now)),
+                DedupDecision::Raise => {
+                    if kills {
+                        kill_alerts.push(alerts.len());
+                    }
+                    alerts.push(raised(rule, event, now));
+                }
                 DedupDecision::Suppress { .. } => {}
             }
         }
@@ -71,7 +92,11 @@ impl Alerter {
             });
             alerts.push(alert);
         }
-        alerts
+        Outcome {
+            alerts,
+            kill_alerts,
+            kill,
+        }
     }
 
     /// Summary alerts of the dedup windows closed by `now`; run it periodically so a window

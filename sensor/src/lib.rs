@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod procfs;
 pub mod redact;
+pub mod respond;
 pub mod ship;
 pub mod spool;
 pub mod syscalls;
@@ -83,6 +84,7 @@ pub async fn run(
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
     let file_prefixes = config.file_prefixes();
+    let responder = respond::Responder::new(ctx.clone());
     let mut enricher = Enricher::new(ctx, view).with_file_prefixes(file_prefixes.clone());
     let seeded = seed.len();
     for info in seed {
@@ -100,6 +102,7 @@ pub async fn run(
     for hook in capture.hooks() {
         tracing::info!(event = hook.event, hook = %hook.hook, "attached");
     }
+    apply_kill_paths(&mut capture, &rules)?;
     tracing::info!(
         rules = rules.len(),
         skipped = rules.unsupported().len(),
@@ -158,6 +161,9 @@ pub async fn run(
                 for alert in reload_rules(&config, &mut rules, &mut alerter, &metrics) {
                     emit_alert(alert, &redactor, &metrics, &mut out);
                 }
+                if let Err(e) = apply_kill_paths(&mut capture, &rules) {
+                    tracing::error!("{e:#}: kills of the new rules run from userspace");
+                }
                 continue;
             }
             _ = tick.tick() => {
@@ -195,12 +201,28 @@ pub async fn run(
         for mut event in events {
             metrics.event(event.event.action);
             // Rules see the command line as it was; nothing that leaves the sensor does.
-            let alerts = alerter.on_event(&rules, &event, event.timestamp);
+            let alerting::Outcome {
+                mut alerts,
+                kill_alerts,
+                kill,
+            } = alerter.on_event(&rules, &event, event.timestamp);
+            if kill {
+                let response = responder.kill(&event);
+                if response.error.is_some() {
+                    tracing::warn!(pid = event.process.pid, ?response, "kill failed");
+                }
+                for i in kill_alerts {
+                    if let Some(alert) = alerts.get_mut(i) {
+                        alert.response = Some(response.clone());
+                    }
+                }
+            }
             redactor.redact_event(&mut event);
             for alert in alerts {
                 emit_alert(alert, &redactor, &metrics, &mut out);
             }
-            if event.event.action == EventAction::Exec && event.details.is_empty() {
+            // Only exec events from the exec hook (a syscall-based one names its syscall).
+            if event.event.action == EventAction::Exec && !event.details.contains_key("syscall") {
                 // The running image first (a file replaced since exec is not it); the path
                 // when the process is already gone.
                 let candidates = [
@@ -296,6 +318,21 @@ impl Outputs<'_> {
             }
         }
     }
+}
+
+/// Tells the kernel which executables the rules kill at exec.
+fn apply_kill_paths(capture: &mut Capture, rules: &RuleSet) -> anyhow::Result<()> {
+    let paths = respond::kill_paths(rules);
+    for path in paths.iter().filter(|p| !p.fits()) {
+        tracing::warn!(path = %path.path, "kill path too long for the kernel: killed from userspace after the match");
+    }
+    capture
+        .set_kill_paths(&paths)
+        .context("loading the kill paths into the kernel")?;
+    if !paths.is_empty() {
+        tracing::info!(paths = paths.len(), "kill at exec enforced in the kernel");
+    }
+    Ok(())
 }
 
 /// Counts, redacts and sends one alert.

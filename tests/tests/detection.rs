@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use vigil_tests::{json_lines, marker, poll_until, require_root, start_sensor, Proc};
+use vigil_tests::{bin, json_lines, marker, poll_until, require_root, start_sensor, Proc};
 
 fn alerts_of(sensor: &Proc, rule_id: &str) -> Vec<Value> {
     json_lines(&sensor.stdout_lines())
@@ -244,5 +244,118 @@ fn correlation_rules_fire_in_the_live_sensor() {
     assert_eq!(
         ordered["process"]["args"][2], "late",
         "only `then` after `first` completes the sequence"
+    );
+}
+
+const KILL_AT_EXEC: &str = r#"
+title: Kill the marked copy of sh at exec
+id: e2e-kill-exec
+level: critical
+logsource: {product: linux, category: process_creation}
+detection:
+  s: {Image|cased: PATH}
+  condition: s
+vigil:
+  action: kill
+"#;
+
+const KILL_LATER: &str = r#"
+title: Kill a marked shell from userspace
+id: e2e-kill-userspace
+level: critical
+logsource: {product: linux, category: process_creation}
+detection:
+  s: {Image|endswith: /vigil-kill-later, CommandLine|contains: MARKER}
+  condition: s
+vigil:
+  action: kill
+"#;
+
+/// A copy of /bin/sh at `dir/name`.
+fn shell_copy(dir: &Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let sh = dir.join(name);
+    std::fs::copy("/bin/sh", &sh).expect("copy /bin/sh");
+    std::fs::set_permissions(&sh, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    sh
+}
+
+#[test]
+fn a_kill_rule_on_the_executable_path_kills_in_the_kernel_before_the_process_runs() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sh = shell_copy(dir.path(), "vigil-kill-me");
+    let sh_path = sh.to_str().expect("utf-8").to_owned();
+    let sensor = sensor_with_rules(dir.path(), &KILL_AT_EXEC.replace("PATH", &sh_path));
+    assert!(
+        sensor
+            .stderr_text()
+            .contains("kill at exec enforced in the kernel"),
+        "the kill path reached the kernel:\n{}",
+        sensor.stderr_text()
+    );
+    let check = Command::new(bin("vigil"))
+        .args(["rules", "check"])
+        .arg(dir.path().join("rules"))
+        .output()
+        .expect("vigil rules check");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.contains("kill e2e-kill-exec: enforced in the kernel at exec"),
+        "rules check says how the kill is enforced: {said}"
+    );
+
+    let marker_file = dir.path().join("ran");
+    let status = Command::new(&sh)
+        .arg("-c")
+        .arg(format!("echo ran > {}", marker_file.display()))
+        .status()
+        .expect("spawn the copy of sh");
+    assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
+    let alert = poll_until(Duration::from_secs(5), || {
+        alerts_of(&sensor, "e2e-kill-exec").into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no kill alert; stderr:\n{}", sensor.stderr_text()));
+    assert_eq!(alert["response"]["action"], "killed");
+    assert_eq!(alert["response"]["by"], "kernel");
+    assert_eq!(alert["process"]["executable"], sh_path.as_str());
+    assert!(
+        !marker_file.exists(),
+        "the process never ran a single instruction of its own, so it wrote nothing"
+    );
+}
+
+#[test]
+fn a_kill_rule_the_kernel_cannot_evaluate_kills_from_userspace_and_says_when() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = marker("kill-later");
+    let sh = shell_copy(dir.path(), "vigil-kill-later");
+    let sensor = sensor_with_rules(dir.path(), &KILL_LATER.replace("MARKER", &m));
+    let marker_file = dir.path().join("ran");
+    // The shell waits before writing: userspace kills after the match, not before exec.
+    let status = Command::new(&sh)
+        .arg("-c")
+        .arg(format!("sleep 3; echo ran > {}", marker_file.display()))
+        .arg(&m)
+        .status()
+        .expect("spawn the copy of sh");
+    assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
+    let alert = poll_until(Duration::from_secs(5), || {
+        alerts_of(&sensor, "e2e-kill-userspace").into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no kill alert; stderr:\n{}", sensor.stderr_text()));
+    assert_eq!(alert["response"]["action"], "killed");
+    assert_eq!(alert["response"]["by"], "userspace");
+    let after = alert["response"]["after_ns"].as_u64().expect("after_ns");
+    assert!(
+        after > 0 && after < 3_000_000_000,
+        "killed {after} ns after the exec"
+    );
+    assert!(
+        !marker_file.exists(),
+        "killed before the shell's sleep ended"
     );
 }
