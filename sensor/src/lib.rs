@@ -18,6 +18,7 @@ pub mod offsets;
 pub mod procfs;
 pub mod redact;
 pub mod respond;
+pub mod rules_watch;
 pub mod ship;
 pub mod spool;
 pub mod syscalls;
@@ -80,6 +81,13 @@ pub async fn run(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: rule reload disabled"))
         .ok();
+    let mut rule_watcher = match rules_watch::RuleWatcher::start(&config.rules) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the rule paths: reload on SIGHUP only");
+            None
+        }
+    };
     let ctx = procfs::host_context();
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
@@ -157,8 +165,13 @@ pub async fn run(
         let mut events: Vec<Event> = Vec::new();
         tokio::select! {
             () = &mut shutdown => break,
-            () = next_hangup(&mut hangup) => {
-                for alert in reload_rules(&config, &mut rules, &mut alerter, &metrics) {
+            trigger = async {
+                tokio::select! {
+                    () = next_hangup(&mut hangup) => "SIGHUP",
+                    () = next_rule_change(&mut rule_watcher) => "rule files changed",
+                }
+            } => {
+                for alert in reload_rules(&config, &mut rules, &mut alerter, &metrics, trigger) {
                     emit_alert(alert, &redactor, &metrics, &mut out);
                 }
                 if let Err(e) = apply_kill_paths(&mut capture, &rules) {
@@ -347,6 +360,14 @@ fn emit_alert(
     out.alert(alert);
 }
 
+/// Completes when the rule files changed and settled; never, without a watcher.
+async fn next_rule_change(watcher: &mut Option<rules_watch::RuleWatcher>) {
+    match watcher {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Completes on the next SIGHUP; never, without a handler.
 async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
     let Some(signal) = hangup else {
@@ -366,13 +387,14 @@ fn reload_rules(
     rules: &mut RuleSet,
     alerter: &mut alerting::Alerter,
     metrics: &SensorMetrics,
+    trigger: &str,
 ) -> Vec<Alert> {
     match load_rules(config) {
         Ok(fresh) => {
             tracing::info!(
                 rules = fresh.len(),
                 previous = rules.len(),
-                "SIGHUP: rules reloaded"
+                "{trigger}: rules reloaded"
             );
             let summaries = alerter.replace_rules(rules);
             *rules = fresh;
@@ -382,7 +404,7 @@ fn reload_rules(
         }
         Err(e) => {
             tracing::error!(
-                "SIGHUP: rule reload failed, keeping the {} running rules: {e:#}",
+                "{trigger}: rule reload failed, keeping the {} running rules: {e:#}",
                 rules.len()
             );
             metrics.rule_reload(false);

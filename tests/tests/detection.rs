@@ -359,3 +359,62 @@ fn a_kill_rule_the_kernel_cannot_evaluate_kills_from_userspace_and_says_when() {
         "killed before the shell's sleep ended"
     );
 }
+
+const MARKED: &str = r#"
+title: Marked true ID
+id: e2e-reload-ID
+level: low
+logsource: {product: linux, category: process_creation}
+detection: {s: {CommandLine|contains: MARKER}, condition: s}
+"#;
+
+#[test]
+fn editing_the_rule_directory_reloads_the_rules_and_a_broken_edit_keeps_the_running_set() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = marker("reload");
+    let rule = |id: &str| {
+        MARKED
+            .replace("ID", id)
+            .replace("MARKER", &format!("{m}-{id}"))
+    };
+    let mut sensor = sensor_with_rules(dir.path(), &rule("a"));
+    let rules_dir = dir.path().join("rules");
+    let fires = |sensor: &Proc, id: &str| {
+        run_true(&[&format!("{m}-{id}")]);
+        poll_until(Duration::from_secs(5), || {
+            (!alerts_of(sensor, &format!("e2e-reload-{id}")).is_empty()).then_some(())
+        })
+        .is_some()
+    };
+    assert!(fires(&sensor, "a"), "the initial rule works");
+
+    // A new file: picked up without a signal.
+    std::fs::write(rules_dir.join("b.yml"), rule("b")).expect("write rule b");
+    sensor.wait_stderr(
+        "rule files changed: rules reloaded",
+        Duration::from_secs(10),
+    );
+    assert!(fires(&sensor, "b"), "the added rule fires after the reload");
+
+    // A broken file: rejected as a whole, with where and why; the running rules stay.
+    std::fs::write(
+        rules_dir.join("c.yml"),
+        rule("c").replace("CommandLine|contains", "CommandLine|nosuchmodifier"),
+    )
+    .expect("write rule c");
+    sensor.wait_stderr(
+        "rule files changed: rule reload failed",
+        Duration::from_secs(10),
+    );
+    let stderr = sensor.stderr_text();
+    let complaint = stderr
+        .lines()
+        .find(|l| l.contains("rule reload failed"))
+        .expect("the failure is logged");
+    assert!(
+        complaint.contains("c.yml:6:29:") && complaint.contains("nosuchmodifier"),
+        "the log names file:line:column and the reason: {complaint}"
+    );
+    assert!(fires(&sensor, "b"), "the running set stayed in force");
+}
