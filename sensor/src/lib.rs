@@ -150,6 +150,8 @@ pub async fn run(
 
     let mut reported = Reported::default();
     let mut last_counters = KernelCounters::default();
+    // Losses the last tick reported: alerts until the next tick carry them.
+    let mut previous_losses: Vec<(u32, u64)> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     let mut hasher = hashing::Hasher::start();
@@ -184,6 +186,7 @@ pub async fn run(
                     emit_alert(alert, &redactor, &metrics, &mut out);
                 }
                 let losses = report_counters(&capture, &mut last_counters, &stats, &mut reported, &metrics);
+                previous_losses.clone_from(&losses);
                 events.extend(losses.into_iter().map(|(kind, lost)| {
                     enricher.loss_event(decode::kind_name(kind), lost, vigil_proto::Timestamp::now())
                 }));
@@ -211,6 +214,8 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "undecodable kernel record"),
             }) => { drained.context("reading the ring buffer")?; }
         }
+        // Read the kernel's loss counters at most once per batch, and only if it alerts.
+        let mut loss: Option<Option<vigil_proto::LossContext>> = None;
         for mut event in events {
             metrics.event(event.event.action);
             // Rules see the command line as it was; nothing that leaves the sensor does.
@@ -231,6 +236,14 @@ pub async fn run(
                 }
             }
             redactor.redact_event(&mut event);
+            if !alerts.is_empty() {
+                let loss = loss.get_or_insert_with(|| {
+                    loss_context(&capture, &last_counters, &previous_losses)
+                });
+                for alert in &mut alerts {
+                    alert.loss.clone_from(loss);
+                }
+            }
             for alert in alerts {
                 emit_alert(alert, &redactor, &metrics, &mut out);
             }
@@ -331,6 +344,28 @@ impl Outputs<'_> {
             }
         }
     }
+}
+
+/// The kernel records lost in the window around now: since the last tick, plus what that
+/// tick reported (so an alert just after a loss report is marked too). `None` without loss.
+fn loss_context(
+    capture: &Capture,
+    at_last_tick: &KernelCounters,
+    previous: &[(u32, u64)],
+) -> Option<vigil_proto::LossContext> {
+    let now = capture.counters();
+    let mut lost = std::collections::BTreeMap::new();
+    for (kind, (&total, &before)) in now.lost.iter().zip(at_last_tick.lost.iter()).enumerate() {
+        if total > before {
+            *lost
+                .entry(decode::kind_name(kind as u32).to_owned())
+                .or_insert(0) += total - before;
+        }
+    }
+    for &(kind, count) in previous {
+        *lost.entry(decode::kind_name(kind).to_owned()).or_insert(0) += count;
+    }
+    (!lost.is_empty()).then_some(vigil_proto::LossContext { lost })
 }
 
 /// Tells the kernel which executables the rules kill at exec.

@@ -418,3 +418,46 @@ fn editing_the_rule_directory_reloads_the_rules_and_a_broken_edit_keeps_the_runn
     );
     assert!(fires(&sensor, "b"), "the running set stayed in force");
 }
+
+#[test]
+fn an_alert_raised_while_the_kernel_loses_records_says_so() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = marker("loss");
+    let rules_dir = dir.path().join("rules");
+    std::fs::create_dir_all(&rules_dir).expect("rules dir");
+    std::fs::write(
+        rules_dir.join("a.yml"),
+        MARKED.replace("ID", "loss").replace("MARKER", &m),
+    )
+    .expect("write rule");
+    // One page of bulk ring: a burst of file opens overflows it at once.
+    let config = dir.path().join("sensor.yaml");
+    std::fs::write(
+        &config,
+        format!("rules: [{}]\nbulk_ring_bytes: 4096\n", rules_dir.display()),
+    )
+    .expect("write config");
+    let sensor = start_sensor(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--output",
+        "stdout",
+    ]);
+    let target = dir.path().join("flood");
+    std::fs::write(&target, "").expect("write flood target");
+    for _ in 0..20_000 {
+        let _ = std::fs::File::open(&target);
+    }
+    run_true(&[&m]);
+    let alert = poll_until(Duration::from_secs(5), || {
+        alerts_of(&sensor, "e2e-reload-loss").into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no alert; stderr:\n{}", sensor.stderr_text()));
+    let lost_opens = alert["loss"]["lost"]["open"].as_u64().unwrap_or(0);
+    assert!(
+        lost_opens > 0,
+        "the alert is marked with the open records lost around it: {alert:#}\nstderr:\n{}",
+        sensor.stderr_text()
+    );
+}
