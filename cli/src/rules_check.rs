@@ -16,13 +16,21 @@ pub fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for path in paths {
         match RuleSet::load(std::slice::from_ref(path)) {
-            Ok(set) => writeln!(
-                stdout,
-                "{}: {} rules ok, {} unsupported",
-                path.display(),
-                set.len(),
-                set.unsupported().len()
-            )?,
+            Ok(set) => {
+                writeln!(
+                    stdout,
+                    "{}: {} rules ok, {} unsupported",
+                    path.display(),
+                    set.len(),
+                    set.unsupported().len()
+                )?;
+                // A kill the kernel cannot enforce at exec still works, later: say so.
+                for rule in set.rules() {
+                    if let Some(how) = rule.kill_enforcement() {
+                        writeln!(stdout, "  kill {}: {how}", rule.info().id)?;
+                    }
+                }
+            }
             Err(error) => {
                 // The error already reads `path:line:column: reason`.
                 writeln!(stderr, "{error}")?;

@@ -98,15 +98,8 @@ pub fn explain(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
             )?,
             (_, None) => writeln!(out, "  kernel: every event (no path field to filter on)")?,
         }
-        match (rule.options().action, &pd.exec_kill) {
-            (RuleAction::Kill, Some(_)) => {
-                writeln!(out, "  kill: enforced in the kernel at exec, before the first instruction")?
-            }
-            (RuleAction::Kill, None) => writeln!(
-                out,
-                "  kill: from userspace after the match (the condition needs more than the executable path)"
-            )?,
-            (RuleAction::Alert, _) => {}
+        if let Some(how) = rule.kill_enforcement() {
+            writeln!(out, "  kill: {how}")?;
         }
         writeln!(
             out,

@@ -153,6 +153,10 @@ fn alert(marker: &str) -> Alert {
             container: None,
             ..Default::default()
         },
+        dedup: None,
+        correlation: None,
+        response: None,
+        loss: None,
     }
 }
 

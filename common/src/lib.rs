@@ -68,6 +68,8 @@ pub mod exec_flags {
     pub const FILENAME_TRUNCATED: u32 = 2;
     /// The kernel could not read argv at all (e.g. the pages were not resident).
     pub const ARGS_UNREADABLE: u32 = 4;
+    /// The path is listed by a `kill` rule: SIGKILL was sent at exec, before the new image ran.
+    pub const KILLED: u32 = 8;
 }
 
 /// `loginuid` of a task that never logged in (the kernel's `INVALID_UID`).
@@ -181,6 +183,9 @@ pub const SYSCALL_STR_CAP: usize = 256;
 pub const SOCKADDR_CAP: usize = 32;
 /// Bytes of a path compared against the watched prefixes in the kernel.
 pub const PREFIX_KEY_LEN: usize = 64;
+/// Bytes of an exec'd path compared against the `kill` paths in the kernel (the LPM trie's
+/// largest key). An exact path is stored with its NUL, so it fits in `KILL_PATH_LEN - 1`.
+pub const KILL_PATH_LEN: usize = 256;
 
 /// Flags of [`SyscallRecord::flags`].
 pub mod syscall_flags {

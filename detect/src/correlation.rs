@@ -29,6 +29,18 @@ pub enum CorrelationKind {
     TemporalOrdered,
 }
 
+impl CorrelationKind {
+    /// The Sigma name, as written in `type:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorrelationKind::EventCount => "event_count",
+            CorrelationKind::ValueCount => "value_count",
+            CorrelationKind::Temporal => "temporal",
+            CorrelationKind::TemporalOrdered => "temporal_ordered",
+        }
+    }
+}
+
 /// A compiled correlation rule.
 #[derive(Clone, Debug)]
 pub struct Correlation {

@@ -21,7 +21,7 @@ pub enum DedupDecision {
 }
 
 /// A closed window in which matches were suppressed: the explicit "suppressed N" record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DedupSummary {
     pub rule_id: String,
     /// The key values, joined by `\u{1f}` in the order of `vigil.dedup.key`.
@@ -32,6 +32,8 @@ pub struct DedupSummary {
     pub suppressed: u64,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,
+    /// The last suppressed match, so the record shows what was suppressed.
+    pub last_event: Option<Box<Event>>,
 }
 
 #[derive(Debug)]
@@ -40,6 +42,8 @@ struct Window {
     first_seen: Timestamp,
     last_seen: Timestamp,
     closes: Timestamp,
+    /// NB: one event per open window at most, so memory stays bounded by `max_keys`.
+    last_event: Option<Box<Event>>,
 }
 
 /// Deduplication state for all rules.
@@ -71,6 +75,7 @@ impl Deduplicator {
             if now < window.closes {
                 window.count += 1;
                 window.last_seen = now;
+                window.last_event = Some(Box::new(event.clone()));
                 return DedupDecision::Suppress {
                     count: window.count,
                 };
@@ -90,6 +95,7 @@ impl Deduplicator {
                 first_seen: now,
                 last_seen: now,
                 closes: add(now, spec.window),
+                last_event: None,
             },
         );
         DedupDecision::Raise
@@ -111,6 +117,7 @@ impl Deduplicator {
                     suppressed: w.count - 1,
                     first_seen: w.first_seen,
                     last_seen: w.last_seen,
+                    last_event: w.last_event.take(),
                 });
             }
             false

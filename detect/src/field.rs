@@ -360,6 +360,13 @@ impl<'e> EventView<'e> {
 }
 
 fn lowercase(value: Cow<'_, str>) -> Cow<'_, str> {
+    // Paths and command lines are nearly always ASCII: a byte scan, no char decoding.
+    if value.is_ascii() {
+        if value.bytes().any(|c| c.is_ascii_uppercase()) {
+            return Cow::Owned(value.to_ascii_lowercase());
+        }
+        return value;
+    }
     if value.chars().any(char::is_uppercase) {
         Cow::Owned(value.to_lowercase())
     } else {

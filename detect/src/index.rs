@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 use crate::condition::Expr;
 use crate::detection::{Detection, FieldTest};
@@ -60,8 +60,11 @@ impl ActionIndex {
         let mut fields = Vec::new();
         for (field, patterns) in per_field {
             let (literals, rules): (Vec<String>, Vec<Vec<usize>>) = patterns.into_iter().unzip();
+            // A DFA: one table lookup per byte, the fastest overlapping search; rule sets
+            // hold at most a few thousand literals per field, so its size stays small.
             match AhoCorasickBuilder::new()
                 .match_kind(MatchKind::Standard)
+                .kind(Some(AhoCorasickKind::DFA))
                 .build(&literals)
             {
                 Ok(automaton) => fields.push(FieldAutomaton {

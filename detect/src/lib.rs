@@ -34,7 +34,7 @@ pub use dedup::{DedupDecision, DedupSummary, Deduplicator};
 pub use embedded::{sample_event, sample_exec_event, SampleError, TestCase, TestFailure};
 pub use error::{Location, RuleError};
 pub use options::{DedupSpec, OutputTemplate, RuleAction, RuleOptions};
-pub use pushdown::{ExecKill, KernelFilter, PathMatch, PathPattern, RulePushdown};
+pub use pushdown::{ExecKill, KernelFilter, KillEnforcement, PathMatch, PathPattern, RulePushdown};
 pub use rule::{LogSource, Rule, Unsupported};
 pub use ruleset::RuleSet;
 

@@ -78,6 +78,84 @@ pub struct ExecKill {
     pub patterns: Vec<PathPattern>,
 }
 
+/// How a `kill` rule's kill is carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KillEnforcement {
+    /// The kernel kills at exec every process whose exec'd path passes one of these tests,
+    /// before its first instruction. Any match the kernel misses (an exec'd path spelled
+    /// differently from the test: relative, through a symbolic link, or in another case for
+    /// an any-case pattern) is killed from userspace right after the match.
+    Kernel(Vec<PathPattern>),
+    /// Only these tests run in the kernel; matches of the others (file name tests, which the
+    /// kernel's prefix lookup cannot evaluate) are killed from userspace after the match.
+    Partial {
+        kernel: Vec<PathPattern>,
+        userspace: Vec<PathPattern>,
+    },
+    /// Killed from userspace after the match, for the reason given.
+    Userspace(&'static str),
+}
+
+impl std::fmt::Display for KillEnforcement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |p: &[PathPattern]| {
+            p.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        match self {
+            KillEnforcement::Kernel(p) => write!(
+                f,
+                "enforced in the kernel at exec, before the first instruction ({})",
+                list(p)
+            ),
+            KillEnforcement::Partial { kernel, userspace } => write!(
+                f,
+                "in the kernel at exec for {}; from userspace after the match for {}",
+                list(kernel),
+                list(userspace)
+            ),
+            KillEnforcement::Userspace(why) => {
+                write!(f, "from userspace after the match ({why})")
+            }
+        }
+    }
+}
+
+impl PathPattern {
+    /// Whether the kernel's exec kill lookup (longest prefix of the exec'd path) can run it.
+    pub fn kernel_killable(&self) -> bool {
+        matches!(self.kind, PathMatch::Exact | PathMatch::Prefix) && !self.text.is_empty()
+    }
+}
+
+/// How `rule`'s kill is enforced; `None` when the rule does not kill.
+pub(crate) fn kill_enforcement(rule: &Rule) -> Option<KillEnforcement> {
+    if rule.options().action != RuleAction::Kill {
+        return None;
+    }
+    if rule.category().name != "process_creation" {
+        return Some(KillEnforcement::Userspace(
+            "only process_creation rules can kill at exec",
+        ));
+    }
+    let Some(patterns) = analyse(rule).exec_kill else {
+        return Some(KillEnforcement::Userspace(
+            "the condition tests more than the executable path (Image equals, startswith, endswith /name)",
+        ));
+    };
+    let (kernel, userspace): (Vec<_>, Vec<_>) =
+        patterns.into_iter().partition(PathPattern::kernel_killable);
+    Some(match (kernel.is_empty(), userspace.is_empty()) {
+        (_, true) => KillEnforcement::Kernel(kernel),
+        (true, false) => KillEnforcement::Userspace(
+            "file name tests (endswith /name) cannot be looked up by prefix in the kernel",
+        ),
+        (false, false) => KillEnforcement::Partial { kernel, userspace },
+    })
+}
+
 impl KernelFilter {
     /// Whether `action` is needed at all.
     pub fn needs(&self, action: EventAction) -> bool {

@@ -143,6 +143,11 @@ impl Rule {
         crate::pushdown::analyse(self)
     }
 
+    /// How the rule's `kill` action is carried out; `None` for a rule that only alerts.
+    pub fn kill_enforcement(&self) -> Option<crate::KillEnforcement> {
+        crate::pushdown::kill_enforcement(self)
+    }
+
     /// The rule's own test cases (`vigil.tests`).
     pub fn test_cases(&self) -> &[TestCase] {
         &self.tests

@@ -25,8 +25,10 @@ pub struct RuleSet {
     correlations: Vec<Correlation>,
     /// Action → indices of the rules whose category reads it, in load order.
     by_action: HashMap<EventAction, Vec<usize>>,
-    /// Action → the literal index of those rules; rebuilt after every load.
-    index: HashMap<EventAction, ActionIndex>,
+    /// Action → the literal index of those rules; rebuilt after every load. A short list
+    /// scanned by comparison: cheaper per event than hashing the action (measured with perf:
+    /// SipHash was 6% of the match path over SigmaHQ's rules).
+    index: Vec<(EventAction, ActionIndex)>,
 }
 
 impl RuleSet {
@@ -147,7 +149,8 @@ impl RuleSet {
     /// or number formatting aside).
     pub fn matches_into<'a>(&'a self, event: &Event, out: &mut Vec<&'a Rule>) {
         // Only the rules of categories that read this action are looked at.
-        let Some(index) = self.index.get(&event.event.action) else {
+        let action = event.event.action;
+        let Some((_, index)) = self.index.iter().find(|(a, _)| *a == action) else {
             return;
         };
         let view = EventView::new(event);

@@ -167,6 +167,10 @@ mod tests {
                 container: None,
                 ..Default::default()
             },
+            dedup: None,
+            correlation: None,
+            response: None,
+            loss: None,
         }
     }
 

@@ -337,10 +337,91 @@ pub struct RuleInfo {
     pub author: Option<String>,
 }
 
-/// A rule match: the rule plus the event that matched it, whole.
+/// A rule match: the rule plus the event that matched it, whole, and what the sensor knew and
+/// did about it. Every part after `event` is optional on the wire, so older peers still read it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub rule: RuleInfo,
     #[serde(flatten)]
     pub event: Event,
+    /// The rule deduplicates (`vigil.dedup`): how many matches this alert stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupInfo>,
+    /// The alert of a correlation rule: the group and matches that made it fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<CorrelationInfo>,
+    /// What the sensor did to the process (the `kill` action).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Response>,
+    /// The kernel lost records of the event's kind around the time of the match: context the
+    /// rule or an analyst would want (a parent exec, a file write) may be missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossContext>,
+}
+
+impl Alert {
+    /// An alert of `rule` on `event`, with nothing more known yet.
+    pub fn new(rule: RuleInfo, event: Event) -> Alert {
+        Alert {
+            rule,
+            event,
+            dedup: None,
+            correlation: None,
+            response: None,
+            loss: None,
+        }
+    }
+}
+
+/// Deduplication state carried by an alert. The first match of a key raises an alert with
+/// `count` 1 at once; when the window closes with matches suppressed, a summary alert
+/// (`summary: true`, carrying the last suppressed event) says how many.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DedupInfo {
+    /// Every match of the key in the window, the raised one included.
+    pub count: u64,
+    /// Matches not raised on their own.
+    pub suppressed: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    /// The values of `vigil.dedup.key`, joined by U+001F.
+    pub key: String,
+    /// This alert is the end-of-window "suppressed N" record, not a fresh match.
+    #[serde(default)]
+    pub summary: bool,
+}
+
+/// Why a correlation rule fired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CorrelationInfo {
+    /// `event_count`, `value_count`, `temporal` or `temporal_ordered`.
+    pub kind: String,
+    /// The ids of the correlated rules.
+    pub rules: Vec<String>,
+    /// The `group-by` values, joined by U+001F.
+    pub group: String,
+    /// Matches, distinct values or rules that made it fire.
+    pub count: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+}
+
+/// What the sensor did about the process that matched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// `killed`, or `kill_failed` with `error`.
+    pub action: String,
+    /// `kernel` (SIGKILL at exec, before the first instruction) or `userspace` (after the match).
+    pub by: String,
+    /// Nanoseconds from the event to the kill; 0 when the kernel killed at exec.
+    pub after_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Kernel record loss around an alert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossContext {
+    /// Records lost, per kind, in the window the alert's event belongs to.
+    pub lost: std::collections::BTreeMap<String, u64>,
 }

@@ -16,8 +16,9 @@ pub mod trust;
 
 pub use codec::{decode, encode, read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
 pub use event::{
-    Alert, Container, Dns, DnsQuestion, Endpoint, ErrorInfo, Event, EventAction, EventMeta, File,
-    Hash, Host, Level, Network, ParentProcess, Process, RuleInfo, Target, UserRef,
+    Alert, Container, CorrelationInfo, DedupInfo, Dns, DnsQuestion, Endpoint, ErrorInfo, Event,
+    EventAction, EventMeta, File, Hash, Host, Level, LossContext, Network, ParentProcess, Process,
+    Response, RuleInfo, Target, UserRef,
 };
 pub use frame::{
     AlertQuery, Batch, CollectorStats, Enroll, Envelope, Loss, Renew, Reply, Request, StoredAlert,

@@ -17,16 +17,16 @@ mod uring;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, bpf_send_signal,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, LpmTrie, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     EbpfContext, Global,
 };
 use vigil_common::{
     exec_flags, kind, ExecRecord, ExitRecord, ForkRecord, RecordHeader, SensorConfig, ARGV_CAP,
-    FILENAME_CAP,
+    FILENAME_CAP, KILL_PATH_LEN,
 };
 
 use crate::task::Task;
@@ -97,6 +97,38 @@ pub struct ExecScratch {
 
 #[map]
 static EXEC_SCRATCH: PerCpuArray<ExecScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Executable paths of `kill` rules (filled by the loader from the compiled rules): an exact
+/// path is stored with its terminating NUL, a prefix without, so one longest-prefix lookup on
+/// the NUL-terminated exec'd path answers both. The value is unused.
+#[map]
+static KILL_PATHS: LpmTrie<[u8; KILL_PATH_LEN], u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map]
+static KILL_SCRATCH: PerCpuArray<Key<[u8; KILL_PATH_LEN]>> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether a `kill` rule lists `filename`: then the process gets SIGKILL now, at exec, so it
+/// dies before its first instruction (a pending SIGKILL is taken on the way back to user mode).
+#[inline(always)]
+fn kill_at_exec(filename: *const u8) -> bool {
+    let Some(key) = KILL_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the per-CPU slot is ours for the duration of this program.
+    let key = unsafe { &mut *key };
+    // NB: the bytes after the NUL are stale, and need not be cleared: every stored key either
+    // ends in a NUL (exact) or holds none (prefix), so no stored key can match past the NUL.
+    key.prefix_len = (KILL_PATH_LEN * 8) as u32;
+    // SAFETY: reading a kernel string into a bounded buffer.
+    if unsafe { bpf_probe_read_kernel_str_bytes(filename, &mut key.data) }.is_err() {
+        return false;
+    }
+    if KILL_PATHS.get(&*key).is_none() {
+        return false;
+    }
+    // SAFETY: the helper signals the current task, the one that just exec'd.
+    unsafe { bpf_send_signal(9) == 0 }
+}
 
 #[inline(always)]
 pub(crate) fn bump(counters: &PerCpuArray<u64>, record_kind: u32) {
@@ -191,6 +223,9 @@ fn emit_exec(filename: *const u8) -> u32 {
     };
     if filename_len >= FILENAME_CAP - 1 {
         flags |= exec_flags::FILENAME_TRUNCATED;
+    }
+    if kill_at_exec(filename) {
+        flags |= exec_flags::KILLED;
     }
     // Pack argv right after the filename so the record is only as long as its contents.
     let filename_len = filename_len & (FILENAME_CAP - 1);

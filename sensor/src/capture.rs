@@ -11,7 +11,7 @@ use aya::programs::trace_point::TracePointLink;
 use aya::programs::{BtfTracePoint, FEntry, Lsm, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
-use vigil_common::{kind, SensorConfig, SocketOffsets, SyscallSpec, PREFIX_KEY_LEN};
+use vigil_common::{kind, SensorConfig, SocketOffsets, SyscallSpec, KILL_PATH_LEN, PREFIX_KEY_LEN};
 use vigil_proto::EventAction;
 
 use crate::config::ExecHook;
@@ -120,6 +120,36 @@ impl Default for KernelCounters {
     }
 }
 
+/// An executable path whose exec the kernel kills at once (from a `kill` rule).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KillPath {
+    pub path: String,
+    /// A prefix of the path rather than the whole path.
+    pub prefix: bool,
+}
+
+impl KillPath {
+    /// The trie key: an exact path keeps its NUL so that only the whole path matches it.
+    /// `None` when the path does not fit the kernel's key.
+    fn key(&self) -> Option<Key<[u8; KILL_PATH_LEN]>> {
+        let mut bytes = self.path.as_bytes().to_vec();
+        if !self.prefix {
+            bytes.push(0);
+        }
+        if bytes.is_empty() || bytes.len() > KILL_PATH_LEN || self.path.contains('\0') {
+            return None;
+        }
+        let mut data = [0u8; KILL_PATH_LEN];
+        data[..bytes.len()].copy_from_slice(&bytes);
+        Some(Key::new((bytes.len() * 8) as u32, data))
+    }
+
+    /// Whether the kernel can hold this path (see [`vigil_common::KILL_PATH_LEN`]).
+    pub fn fits(&self) -> bool {
+        self.key().is_some()
+    }
+}
+
 /// What to capture beyond process lifecycle.
 #[derive(Clone, Debug, Default)]
 pub struct CaptureOptions {
@@ -146,6 +176,9 @@ pub struct Capture {
     sent: PerCpuArray<MapData, u64>,
     lost: PerCpuArray<MapData, u64>,
     faults: PerCpuArray<MapData, u64>,
+    kill_paths: LpmTrie<MapData, [u8; KILL_PATH_LEN], u8>,
+    /// What `kill_paths` holds now, so an update removes exactly what is gone.
+    kill_loaded: Vec<KillPath>,
     received: [u64; kind::COUNT as usize],
     hooks: Vec<HookChoice>,
     refused: Vec<HookRefusal>,
@@ -272,6 +305,7 @@ impl Capture {
         let sent = take_map(&mut ebpf, "SENT")?;
         let lost = take_map(&mut ebpf, "LOST")?;
         let faults = take_map(&mut ebpf, "FAULTS")?;
+        let kill_paths = take_map(&mut ebpf, "KILL_PATHS")?;
         Ok(Self {
             critical,
             bulk,
@@ -279,6 +313,8 @@ impl Capture {
             sent,
             lost,
             faults,
+            kill_paths,
+            kill_loaded: Vec::new(),
             received: [0; kind::COUNT as usize],
             syscall_links,
             hooks,
@@ -334,6 +370,31 @@ impl Capture {
     /// Hooks the kernel refused, in the order they were tried, before the ones in use.
     pub fn refused(&self) -> &[HookRefusal] {
         &self.refused
+    }
+
+    /// Makes the kernel kill at exec exactly the executables of `paths` (new ones are added
+    /// before old ones go, so a reload never opens a gap for a path both sets hold). A path
+    /// too long for the kernel's key is skipped; the caller checks [`KillPath::fits`].
+    pub fn set_kill_paths(&mut self, paths: &[KillPath]) -> Result<(), CaptureError> {
+        let map_error = |source| CaptureError::Map {
+            map: "KILL_PATHS",
+            source: Box::new(source),
+        };
+        let mut wanted: Vec<KillPath> = paths.iter().filter(|p| p.fits()).cloned().collect();
+        wanted.sort();
+        wanted.dedup();
+        for path in &wanted {
+            if let Some(key) = path.key() {
+                self.kill_paths.insert(&key, 1, 0).map_err(map_error)?;
+            }
+        }
+        for gone in self.kill_loaded.iter().filter(|p| !wanted.contains(p)) {
+            if let Some(key) = gone.key() {
+                self.kill_paths.remove(&key).map_err(map_error)?;
+            }
+        }
+        self.kill_loaded = wanted;
+        Ok(())
     }
 
     /// Waits until records are ready, then passes them to `sink`, the critical lane first, at

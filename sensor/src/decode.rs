@@ -34,6 +34,8 @@ pub enum RawEvent {
         filename: String,
         args: Vec<String>,
         args_truncated: bool,
+        /// A `kill` rule listed the path: the kernel sent SIGKILL at exec.
+        killed_at_exec: bool,
     },
     Fork {
         child: Subject,
@@ -161,6 +163,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 filename: c_string(filename),
                 args: split_argv(argv),
                 args_truncated: record.flags & exec_flags::ARGS_TRUNCATED != 0,
+                killed_at_exec: record.flags & exec_flags::KILLED != 0,
             })
         }
         kind::FORK => Ok(RawEvent::Fork { child: subject }),
@@ -333,6 +336,7 @@ mod tests {
             filename,
             args,
             args_truncated,
+            killed_at_exec,
         } = decode(&bytes).unwrap()
         else {
             panic!("not an exec")
@@ -340,6 +344,7 @@ mod tests {
         assert_eq!(filename, "/tmp/x/sh");
         assert_eq!(args, ["sh", "-c", "echo hi"]);
         assert!(args_truncated);
+        assert!(!killed_at_exec);
         assert_eq!(subject.comm, "sh");
         assert_eq!(subject.loginuid, None);
         assert_eq!(

@@ -93,6 +93,9 @@ impl HostContext {
     }
 }
 
+/// Detail of an exec event whose process the kernel killed at exec (a `kill` rule's path).
+pub const KILLED_DETAIL: &str = "vigil.killed";
+
 /// What the table remembers of one live process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -193,7 +196,16 @@ impl<V: SystemView> Enricher<V> {
                 filename,
                 args,
                 args_truncated,
-            } => self.exec(subject, filename, args, args_truncated),
+                killed_at_exec,
+            } => {
+                let mut event = self.exec(subject, filename, args, args_truncated);
+                if killed_at_exec {
+                    event
+                        .details
+                        .insert(KILLED_DETAIL.to_owned(), "kernel".to_owned());
+                }
+                event
+            }
             RawEvent::Fork { child } => self.fork(child),
             RawEvent::Exit { subject, status } => self.exit(subject, status),
             RawEvent::Syscall(syscall) => return self.syscall(&syscall),
@@ -601,6 +613,7 @@ mod tests {
                 filename: "./tool".into(),
                 args: vec!["./tool".into(), "--flag".into()],
                 args_truncated: true,
+                killed_at_exec: false,
             })
             .unwrap();
         assert_eq!(event.process.executable, "/srv/./tool");

@@ -4,6 +4,7 @@
 //! (so the table needs no lock), and hands events and alerts to the shipping task through a
 //! bounded channel whose drops are counted.
 
+pub mod alerting;
 pub mod capture;
 pub mod config;
 pub mod decode;
@@ -19,6 +20,8 @@ pub mod probe;
 pub mod procfs;
 pub mod pushdown;
 pub mod redact;
+pub mod respond;
+pub mod rules_watch;
 pub mod ship;
 pub mod spool;
 pub mod syscalls;
@@ -81,6 +84,13 @@ pub async fn run(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: rule reload disabled"))
         .ok();
+    let mut rule_watcher = match rules_watch::RuleWatcher::start(&config.rules) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the rule paths: reload on SIGHUP only");
+            None
+        }
+    };
     let ctx = procfs::host_context();
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
@@ -93,6 +103,7 @@ pub async fn run(
         file_prefixes,
         notes: _,
     } = plan;
+    let responder = respond::Responder::new(ctx.clone());
     let mut enricher = Enricher::new(ctx, view).with_file_prefixes(file_prefixes.clone());
     let seeded = seed.len();
     for info in seed {
@@ -116,6 +127,7 @@ pub async fn run(
         tracing::info!(event = hook.event, hook = %hook.hook, "attached");
         metrics.hook(hook.event, &hook.hook, true);
     }
+    apply_kill_paths(&mut capture, &rules)?;
     tracing::info!(
         rules = rules.len(),
         skipped = rules.unsupported().len(),
@@ -155,11 +167,14 @@ pub async fn run(
 
     let mut reported = Reported::default();
     let mut last_counters = KernelCounters::default();
+    // Losses the last tick reported: alerts until the next tick carry them.
+    let mut previous_losses: Vec<(u32, u64)> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     let mut hasher = hashing::Hasher::start();
     // Exec events waiting for their executable's hash, by sequence number, with their age.
     let mut awaiting_hash: HashMap<u64, (Instant, Event)> = HashMap::new();
+    let mut alerter = alerting::Alerter::new();
     let mut out = Outputs {
         stdout: (config.output == Output::Stdout).then(|| std::io::stdout().lock()),
         ship: ship_tx,
@@ -169,8 +184,19 @@ pub async fn run(
         let mut events: Vec<Event> = Vec::new();
         tokio::select! {
             () = &mut shutdown => break,
-            () = next_hangup(&mut hangup) => {
-                if reload_rules(&config, &mut rules, &metrics) {
+            trigger = async {
+                tokio::select! {
+                    () = next_hangup(&mut hangup) => "SIGHUP",
+                    () = next_rule_change(&mut rule_watcher) => "rule files changed",
+                }
+            } => {
+                if let Some(summaries) = reload_rules(&config, &mut rules, &mut alerter, &metrics, trigger) {
+                    for alert in summaries {
+                        emit_alert(alert, &redactor, &metrics, &mut out);
+                    }
+                    if let Err(e) = apply_kill_paths(&mut capture, &rules) {
+                        tracing::error!("{e:#}: kills of the new rules run from userspace");
+                    }
                     let plan = pushdown::plan(&config, &rules.kernel_filter());
                     if plan.actions != actions {
                         tracing::warn!("the reloaded rules read other event kinds: restart the sensor to attach or detach their hooks");
@@ -187,7 +213,11 @@ pub async fn run(
                 continue;
             }
             _ = tick.tick() => {
+                for alert in alerter.expire(&rules, vigil_proto::Timestamp::now()) {
+                    emit_alert(alert, &redactor, &metrics, &mut out);
+                }
                 let losses = report_counters(&capture, &mut last_counters, &stats, &mut reported, &metrics);
+                previous_losses.clone_from(&losses);
                 events.extend(losses.into_iter().map(|(kind, lost)| {
                     enricher.loss_event(decode::kind_name(kind), lost, vigil_proto::Timestamp::now())
                 }));
@@ -215,17 +245,41 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "undecodable kernel record"),
             }) => { drained.context("reading the ring buffer")?; }
         }
+        // Read the kernel's loss counters at most once per batch, and only if it alerts.
+        let mut loss: Option<Option<vigil_proto::LossContext>> = None;
         for mut event in events {
             metrics.event(event.event.action);
             // Rules see the command line as it was; nothing that leaves the sensor does.
-            let mut alerts = detect(&rules, &event);
-            redactor.redact_event(&mut event);
-            for mut alert in alerts.drain(..) {
-                metrics.rule_hit(&alert.rule.id);
-                redactor.redact_event(&mut alert.event);
-                out.alert(alert);
+            let alerting::Outcome {
+                mut alerts,
+                kill_alerts,
+                kill,
+            } = alerter.on_event(&rules, &event, event.timestamp);
+            if kill {
+                let response = responder.kill(&event);
+                if response.error.is_some() {
+                    tracing::warn!(pid = event.process.pid, ?response, "kill failed");
+                }
+                for i in kill_alerts {
+                    if let Some(alert) = alerts.get_mut(i) {
+                        alert.response = Some(response.clone());
+                    }
+                }
             }
-            if event.event.action == EventAction::Exec && event.details.is_empty() {
+            redactor.redact_event(&mut event);
+            if !alerts.is_empty() {
+                let loss = loss.get_or_insert_with(|| {
+                    loss_context(&capture, &last_counters, &previous_losses)
+                });
+                for alert in &mut alerts {
+                    alert.loss.clone_from(loss);
+                }
+            }
+            for alert in alerts {
+                emit_alert(alert, &redactor, &metrics, &mut out);
+            }
+            // Only exec events from the exec hook (a syscall-based one names its syscall).
+            if event.event.action == EventAction::Exec && !event.details.contains_key("syscall") {
                 // The running image first (a file replaced since exec is not it); the path
                 // when the process is already gone.
                 let candidates = [
@@ -323,21 +377,61 @@ impl Outputs<'_> {
     }
 }
 
-/// Rule matches of one event, as alerts carrying the whole event.
-pub fn detect(rules: &RuleSet, event: &Event) -> Vec<Alert> {
-    // Each rule reads only its category's actions: RuleSet::matches indexes by action.
-    rules
-        .matches(event)
-        .into_iter()
-        .map(|rule| {
-            let mut event = event.clone();
-            event.event.kind = "alert".into();
-            Alert {
-                rule: rule.info().clone(),
-                event,
-            }
-        })
-        .collect()
+/// The kernel records lost in the window around now: since the last tick, plus what that
+/// tick reported (so an alert just after a loss report is marked too). `None` without loss.
+fn loss_context(
+    capture: &Capture,
+    at_last_tick: &KernelCounters,
+    previous: &[(u32, u64)],
+) -> Option<vigil_proto::LossContext> {
+    let now = capture.counters();
+    let mut lost = std::collections::BTreeMap::new();
+    for (kind, (&total, &before)) in now.lost.iter().zip(at_last_tick.lost.iter()).enumerate() {
+        if total > before {
+            *lost
+                .entry(decode::kind_name(kind as u32).to_owned())
+                .or_insert(0) += total - before;
+        }
+    }
+    for &(kind, count) in previous {
+        *lost.entry(decode::kind_name(kind).to_owned()).or_insert(0) += count;
+    }
+    (!lost.is_empty()).then_some(vigil_proto::LossContext { lost })
+}
+
+/// Tells the kernel which executables the rules kill at exec.
+fn apply_kill_paths(capture: &mut Capture, rules: &RuleSet) -> anyhow::Result<()> {
+    let paths = respond::kill_paths(rules);
+    for path in paths.iter().filter(|p| !p.fits()) {
+        tracing::warn!(path = %path.path, "kill path too long for the kernel: killed from userspace after the match");
+    }
+    capture
+        .set_kill_paths(&paths)
+        .context("loading the kill paths into the kernel")?;
+    if !paths.is_empty() {
+        tracing::info!(paths = paths.len(), "kill at exec enforced in the kernel");
+    }
+    Ok(())
+}
+
+/// Counts, redacts and sends one alert.
+fn emit_alert(
+    mut alert: Alert,
+    redactor: &redact::Redactor,
+    metrics: &SensorMetrics,
+    out: &mut Outputs<'_>,
+) {
+    metrics.rule_hit(&alert.rule.id);
+    redactor.redact_event(&mut alert.event);
+    out.alert(alert);
+}
+
+/// Completes when the rule files changed and settled; never, without a watcher.
+async fn next_rule_change(watcher: &mut Option<rules_watch::RuleWatcher>) {
+    match watcher {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes on the next SIGHUP; never, without a handler.
@@ -353,27 +447,35 @@ async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 /// Swaps in the rules as the configured paths hold them now, or keeps the running set.
-/// True when the rules changed.
-fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetrics) -> bool {
+/// On a swap, returns the summaries of the dedup windows the old set had open; `None` when
+/// the running set stays.
+fn reload_rules(
+    config: &SensorConfig,
+    rules: &mut RuleSet,
+    alerter: &mut alerting::Alerter,
+    metrics: &SensorMetrics,
+    trigger: &str,
+) -> Option<Vec<Alert>> {
     match load_rules(config) {
         Ok(fresh) => {
             tracing::info!(
                 rules = fresh.len(),
                 previous = rules.len(),
-                "SIGHUP: rules reloaded"
+                "{trigger}: rules reloaded"
             );
+            let summaries = alerter.replace_rules(rules);
             *rules = fresh;
             metrics.rules_loaded(rules.len());
             metrics.rule_reload(true);
-            true
+            Some(summaries)
         }
         Err(e) => {
             tracing::error!(
-                "SIGHUP: rule reload failed, keeping the {} running rules: {e:#}",
+                "{trigger}: rule reload failed, keeping the {} running rules: {e:#}",
                 rules.len()
             );
             metrics.rule_reload(false);
-            false
+            None
         }
     }
 }

@@ -39,6 +39,10 @@ fn alert(sequence: u64) -> Alert {
             author: None,
         },
         event,
+        dedup: None,
+        correlation: None,
+        response: None,
+        loss: None,
     }
 }
 

@@ -246,6 +246,10 @@ pub fn alert(marker: &str, sequence: u64) -> Alert {
             author: None,
         },
         event,
+        dedup: None,
+        correlation: None,
+        response: None,
+        loss: None,
     }
 }
 

@@ -26,6 +26,10 @@ fn alert(sequence: u64) -> Alert {
             author: None,
         },
         event: event(sequence),
+        dedup: None,
+        correlation: None,
+        response: None,
+        loss: None,
     }
 }
 

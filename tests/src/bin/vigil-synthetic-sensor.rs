@@ -67,6 +67,10 @@ fn alert(n: u64) -> Alert {
             author: None,
         },
         event,
+        dedup: None,
+        correlation: None,
+        response: None,
+        loss: None,
     }
 }
 
