@@ -208,6 +208,19 @@ pub enum RulesCommand {
         #[arg(required = true, value_name = "PATH")]
         files: Vec<PathBuf>,
     },
+    /// Run rules over the events stored at the collector and print what they would have
+    /// matched (as alerts, with the stored event's id); a summary goes to stderr
+    Backtest {
+        #[arg(required = true, value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Events received within this long (`10m`, `24h`, `7d`) or since an RFC 3339 time
+        #[arg(long, value_name = "WHEN", default_value = "24h", value_parser = parse_since)]
+        since: SystemTime,
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        connection: ConnectionOverrides,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             RulesCommand::Test { files } => rules_tools::test(&files),
             RulesCommand::List { files } => rules_tools::list(&files),
             RulesCommand::Explain { files } => rules_tools::explain(&files),
+            RulesCommand::Backtest {
+                files,
+                since,
+                output,
+                connection: overrides,
+            } => {
+                let options = connection.with(overrides).into_options()?;
+                rules_tools::backtest(&files, Timestamp::from(since), output.format(), &options)
+            }
         },
         Command::Certs { command } => make_certs(command).map(|()| ExitCode::SUCCESS),
         Command::Alerts {

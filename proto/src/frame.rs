@@ -41,6 +41,19 @@ pub enum Request {
     Renew(Renew),
     /// Operator role: the collector's counters, as one [`Reply::Stats`].
     Stats,
+    /// Operator role: a page of stored events, as one [`Reply::Events`] (what `vigil rules
+    /// backtest` runs rules over).
+    QueryEvents(EventQuery),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventQuery {
+    /// Events received at or after this time.
+    pub since: Timestamp,
+    /// Only events with a larger id: 0 first, then the last id of the previous page.
+    pub after_id: i64,
+    /// Most events in the page; the collector may return fewer (an empty page is the end).
+    pub limit: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +147,19 @@ pub enum Reply {
     Certificate { cert_pem: String, ca_pem: String },
     /// The answer to [`Request::Stats`].
     Stats(CollectorStats),
+    /// The answer to [`Request::QueryEvents`], in id order.
+    Events(Vec<StoredEvent>),
+}
+
+/// An event as the collector stored it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Collector-assigned, increasing: what the next page starts after.
+    pub id: i64,
+    /// The sensor's certificate name, as the collector authenticated it.
+    pub sensor: String,
+    pub received: Timestamp,
+    pub event: Event,
 }
 
 /// An alert as the collector stored it.

@@ -20,8 +20,8 @@ pub use event::{
     Hash, Host, Level, Network, ParentProcess, Process, RuleInfo, Target, UserRef,
 };
 pub use frame::{
-    AlertQuery, Batch, CollectorStats, Enroll, Envelope, Loss, Renew, Reply, Request, StoredAlert,
-    Subscribe,
+    AlertQuery, Batch, CollectorStats, Enroll, Envelope, EventQuery, Loss, Renew, Reply, Request,
+    StoredAlert, StoredEvent, Subscribe,
 };
 pub use time::Timestamp;
 

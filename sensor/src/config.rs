@@ -136,6 +136,10 @@ pub enum Output {
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
     pub address: SocketAddr,
+    /// Other collectors sharing the same PostgreSQL store, tried in order when the current one
+    /// is unreachable.
+    #[serde(default)]
+    pub failover: Vec<SocketAddr>,
     /// Name the collector's certificate must carry.
     #[serde(default = "default_server_name")]
     pub server_name: String,

@@ -111,6 +111,7 @@ pub async fn run(
         Some(c) => {
             let target = CollectorTarget {
                 address: c.address,
+                failover: c.failover,
                 server_name: c.server_name,
                 tls: vigil_proto::transport::TlsFiles {
                     ca: c.ca,

@@ -41,6 +41,10 @@ pub enum Outgoing {
 #[derive(Clone, Debug)]
 pub struct CollectorTarget {
     pub address: SocketAddr,
+    /// More collectors of the same deployment (sharing one PostgreSQL store), tried in turn
+    /// when the current one cannot be reached; the collectors' dedup makes a batch resent to
+    /// another collector harmless.
+    pub failover: Vec<SocketAddr>,
     pub server_name: String,
     pub tls: TlsFiles,
 }
@@ -138,6 +142,7 @@ pub async fn run(
         endpoint: endpoint.clone(),
         target,
         conn: tokio::sync::Mutex::new(None),
+        preferred: std::sync::atomic::AtomicUsize::new(0),
     };
     let work = async {
         tokio::join!(
@@ -287,6 +292,9 @@ struct Link {
     endpoint: quinn::Endpoint,
     target: CollectorTarget,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    /// Index (into `address` then `failover`) of the collector dialed first: the last one that
+    /// answered, so a working failover is kept rather than abandoned at each reconnect.
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl Link {
@@ -298,19 +306,29 @@ impl Link {
             return c.clone();
         }
         let target = &self.target;
+        let addresses: Vec<SocketAddr> = std::iter::once(target.address)
+            .chain(target.failover.iter().copied())
+            .collect();
         let mut backoff = BACKOFF_MIN;
         loop {
-            match transport::connect(&self.endpoint, target.address, &target.server_name).await {
-                Ok(c) => {
-                    tracing::info!(collector = %target.address, "connected to collector");
-                    *slot = Some(c.clone());
-                    return c;
-                }
-                Err(e) => {
-                    tracing::warn!(collector = %target.address, error = %e, retry_in = ?backoff, "collector unreachable");
-                    sleep_backoff(&mut backoff).await;
+            // One round over every collector, from the preferred one, before backing off.
+            let first = self.preferred.load(Ordering::Relaxed) % addresses.len();
+            for index in (first..addresses.len()).chain(0..first) {
+                let address = addresses[index];
+                match transport::connect(&self.endpoint, address, &target.server_name).await {
+                    Ok(c) => {
+                        tracing::info!(collector = %address, "connected to collector");
+                        self.preferred.store(index, Ordering::Relaxed);
+                        *slot = Some(c.clone());
+                        return c;
+                    }
+                    Err(e) => {
+                        tracing::warn!(collector = %address, error = %e, "collector unreachable");
+                    }
                 }
             }
+            tracing::warn!(collectors = addresses.len(), retry_in = ?backoff, "no collector reachable");
+            sleep_backoff(&mut backoff).await;
         }
     }
 

@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
     })?;
     let target = CollectorTarget {
         address: args.collector,
+        failover: Vec::new(),
         server_name: "localhost".into(),
         tls: vigil_proto::transport::TlsFiles {
             ca: args.ca.clone(),

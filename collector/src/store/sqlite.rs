@@ -1,4 +1,4 @@
-//! SQLite storage. One writer thread owns the only writing connection and commits each batch in
+//! SQLite storage, the default engine. One writer thread owns the only writing connection and commits each batch in
 //! its own transaction; readers open their own read-only connections on blocking threads (WAL
 //! lets them run beside the writer). Nothing here ever blocks the async runtime.
 //!
@@ -6,18 +6,27 @@
 //! after the commit, in commit order, so subscribers see ids in increasing order and never an
 //! alert that is not yet stored.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use vigil_proto::{Alert, Batch, Loss, StoredAlert, Timestamp};
+use vigil_proto::{Alert, Batch, Event, Loss, StoredAlert, Timestamp};
+
+use super::{
+    cutoff_ns, from_sql_ns, to_sql_ns, Published, Retention, Storage, StoreError, StoreFuture,
+    StoredEvent,
+};
 
 /// Batches waiting for the writer. Ingest waits for room, so a slow disk slows sensors down
 /// (they keep spooling) instead of growing memory here.
 const WRITE_QUEUE: usize = 64;
+
+/// Rows deleted per retention transaction: small enough that a batch waiting behind it is
+/// stored within milliseconds.
+const PRUNE_CHUNK: i64 = 5_000;
 
 /// How long a reader waits for a lock (WAL readers only contend during checkpoints).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,70 +67,60 @@ const MIGRATIONS: &[&str] = &[
          corrupt_records INTEGER NOT NULL,
          updated_ns INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // v3. Retention deletes events by when they arrived (a sensor's clock may be wrong); rows
+    // from before this version count as received when they happened.
+    "ALTER TABLE events ADD COLUMN received_ns INTEGER NOT NULL DEFAULT 0;
+     UPDATE events SET received_ns = ts_ns;
+     CREATE INDEX events_received ON events (received_ns);
+     CREATE INDEX batches_received ON batches (received_ns);",
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite failed (disk full, permissions, corruption...).
-    #[error("database {}: {source}", path.display())]
-    Sqlite {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
+/// Work for the writer thread, done in arrival order.
+enum WriteRequest {
+    Publish {
+        sensor: String,
+        batch: Batch,
+        reply: oneshot::Sender<Result<Published, StoreError>>,
     },
-    /// The database's directory could not be created.
-    #[error("cannot create database directory {}: {source}", dir.display())]
-    CreateDir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
+    /// Deletes up to [`PRUNE_CHUNK`] rows of `table` received before `cutoff_ns`; replies with
+    /// how many went.
+    Prune {
+        table: PrunedTable,
+        cutoff_ns: i64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
-    /// The database was written by a newer collector; refusing beats corrupting it.
-    #[error("database {} has schema version {found}, newer than the {supported} this collector knows", path.display())]
-    NewerSchema {
-        path: PathBuf,
-        found: i64,
-        supported: usize,
-    },
-    /// A stored alert's JSON no longer parses: a bug or outside tampering.
-    #[error("stored alert {id} is unreadable: {source}")]
-    CorruptAlert {
-        id: i64,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// An event or alert could not be turned into JSON (cannot happen for these types).
-    #[error("cannot encode for storage: {0}")]
-    Encode(#[source] serde_json::Error),
-    /// The writer thread could not be started.
-    #[error("cannot start the storage writer thread: {0}")]
-    SpawnWriter(#[source] std::io::Error),
-    /// Work on a blocking thread (opening, a read) panicked or was cancelled: a bug.
-    #[error("a storage task failed unexpectedly")]
-    TaskFailed,
-    /// The writer thread is gone (it only stops at shutdown, or after a panic).
-    #[error("the storage writer has stopped")]
-    WriterGone,
 }
 
-/// What became of a published batch.
-#[derive(Debug, PartialEq)]
-pub enum Published {
-    /// Committed now; this many alerts were stored (and broadcast).
-    Stored { alerts: usize },
-    /// This (sensor, seq) was stored before; nothing was written.
-    Duplicate,
+#[derive(Clone, Copy, Debug)]
+enum PrunedTable {
+    Events,
+    Alerts,
+    Batches,
 }
 
-struct WriteRequest {
-    sensor: String,
-    batch: Batch,
-    reply: oneshot::Sender<Result<Published, StoreError>>,
+impl PrunedTable {
+    fn delete_sql(self) -> &'static str {
+        // NB: a rowid range, not `DELETE ... LIMIT` (only in SQLite builds with that option).
+        match self {
+            PrunedTable::Events => {
+                "DELETE FROM events WHERE id IN
+                     (SELECT id FROM events WHERE received_ns < ?1 LIMIT ?2)"
+            }
+            PrunedTable::Alerts => {
+                "DELETE FROM alerts WHERE id IN
+                     (SELECT id FROM alerts WHERE received_ns < ?1 LIMIT ?2)"
+            }
+            PrunedTable::Batches => {
+                "DELETE FROM batches WHERE (sensor, seq) IN
+                     (SELECT sensor, seq FROM batches WHERE received_ns < ?1 LIMIT ?2)"
+            }
+        }
+    }
 }
 
-/// A cheap handle to the store: clone it into every connection.
+/// The SQLite engine: a handle on the writer thread's queue plus the file readers open.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     path: Arc<Path>,
     writes: mpsc::Sender<WriteRequest>,
 }
@@ -139,13 +138,13 @@ impl Writer {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating and migrating if needed) the database and starts the writer thread.
     /// Blocking: call from a blocking context.
     pub fn open(
         path: &Path,
         alerts: broadcast::Sender<StoredAlert>,
-    ) -> Result<(Store, Writer), StoreError> {
+    ) -> Result<(SqliteStore, Writer), StoreError> {
         let sqlite = |source| StoreError::Sqlite {
             path: path.to_owned(),
             source,
@@ -174,35 +173,13 @@ impl Store {
             .name("vigil-store".into())
             .spawn(move || write_loop(conn, &thread_path, queue, alerts))
             .map_err(StoreError::SpawnWriter)?;
-        Ok((Store { path, writes }, Writer(thread)))
+        Ok((SqliteStore { path, writes }, Writer(thread)))
     }
 
-    /// Stores a batch from `sensor` in one transaction; returns once it is committed.
-    pub async fn publish(&self, sensor: String, batch: Batch) -> Result<Published, StoreError> {
-        let started = std::time::Instant::now();
-        let (events, alerts) = (batch.events.len(), batch.alerts.len());
-        let metric_sensor = crate::metrics::collector_metrics().map(|_| sensor.clone());
-        let result = self.publish_unmeasured(sensor, batch).await;
-        if let (Some(metrics), Some(sensor)) = (crate::metrics::collector_metrics(), metric_sensor)
-        {
-            let outcome = match &result {
-                Ok(Published::Stored { .. }) => "stored",
-                Ok(Published::Duplicate) => "duplicate",
-                Err(_) => "failed",
-            };
-            metrics.batch(&sensor, outcome, events, alerts, started.elapsed());
-        }
-        result
-    }
-
-    async fn publish_unmeasured(
-        &self,
-        sensor: String,
-        batch: Batch,
-    ) -> Result<Published, StoreError> {
+    async fn publish_batch(&self, sensor: String, batch: Batch) -> Result<Published, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(WriteRequest {
+            .send(WriteRequest::Publish {
                 sensor,
                 batch,
                 reply,
@@ -212,8 +189,29 @@ impl Store {
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Up to `limit` alerts with an id above `after_id`, in id order.
-    pub async fn alerts_after(
+    /// Deletes `table`'s rows received before `cutoff_ns`, a chunk per writer turn so that
+    /// batches queued meanwhile are stored between chunks.
+    async fn prune_table(&self, table: PrunedTable, cutoff_ns: i64) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.writes
+                .send(WriteRequest::Prune {
+                    table,
+                    cutoff_ns,
+                    reply,
+                })
+                .await
+                .map_err(|_| StoreError::WriterGone)?;
+            let deleted = answer.await.map_err(|_| StoreError::WriterGone)??;
+            total += deleted;
+            if deleted < PRUNE_CHUNK as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn alerts_after(
         &self,
         after_id: i64,
         limit: u32,
@@ -231,9 +229,7 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` alerts received at or after `since`, oldest first, stopping early once
-    /// their JSON passes `byte_budget` (so the answer fits in one frame).
-    pub async fn alerts_since(
+    async fn alerts_since(
         &self,
         since: Timestamp,
         limit: u32,
@@ -252,8 +248,7 @@ impl Store {
         .await
     }
 
-    /// The largest alert id stored so far (0 when there is none).
-    pub async fn last_alert_id(&self) -> Result<i64, StoreError> {
+    async fn last_alert_id(&self) -> Result<i64, StoreError> {
         self.read(|conn, path| {
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM alerts", [], |row| {
                 row.get(0)
@@ -264,6 +259,64 @@ impl Store {
             })
         })
         .await
+    }
+
+    async fn events_since(
+        &self,
+        since: Timestamp,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |conn, path| {
+            let sqlite = |source| StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            };
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT id, sensor, received_ns, json FROM events
+                     WHERE received_ns >= ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(sqlite)?;
+            let mut rows = statement
+                .query(params![to_sql_ns(since), after_id, limit])
+                .map_err(sqlite)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sqlite)? {
+                let id: i64 = row.get(0).map_err(sqlite)?;
+                let json: String = row.get(3).map_err(sqlite)?;
+                let event: Event =
+                    serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+                        what: "event",
+                        id,
+                        source,
+                    })?;
+                out.push(StoredEvent {
+                    id,
+                    sensor: row.get(1).map_err(sqlite)?,
+                    received: from_sql_ns(row.get(2).map_err(sqlite)?),
+                    event,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn maintain(&self, now: Timestamp, retention: Retention) -> Result<(), StoreError> {
+        let events = self
+            .prune_table(PrunedTable::Events, cutoff_ns(now, retention.events))
+            .await?;
+        let alerts = self
+            .prune_table(PrunedTable::Alerts, cutoff_ns(now, retention.alerts))
+            .await?;
+        let batches = self
+            .prune_table(PrunedTable::Batches, cutoff_ns(now, retention.batches()))
+            .await?;
+        if events + alerts + batches > 0 {
+            tracing::info!(events, alerts, batches, "retention deleted old rows");
+        }
+        Ok(())
     }
 
     async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
@@ -291,6 +344,42 @@ impl Store {
     }
 }
 
+impl Storage for SqliteStore {
+    fn publish(&self, sensor: String, batch: Batch) -> StoreFuture<'_, Published> {
+        Box::pin(self.publish_batch(sensor, batch))
+    }
+
+    fn alerts_after(&self, after_id: i64, limit: u32) -> StoreFuture<'_, Vec<StoredAlert>> {
+        Box::pin(SqliteStore::alerts_after(self, after_id, limit))
+    }
+
+    fn alerts_since(
+        &self,
+        since: Timestamp,
+        limit: u32,
+        byte_budget: usize,
+    ) -> StoreFuture<'_, Vec<StoredAlert>> {
+        Box::pin(SqliteStore::alerts_since(self, since, limit, byte_budget))
+    }
+
+    fn last_alert_id(&self) -> StoreFuture<'_, i64> {
+        Box::pin(SqliteStore::last_alert_id(self))
+    }
+
+    fn events_since(
+        &self,
+        since: Timestamp,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<StoredEvent>> {
+        Box::pin(SqliteStore::events_since(self, since, after_id, limit))
+    }
+
+    fn maintain(&self, now: Timestamp, retention: Retention) -> StoreFuture<'_, ()> {
+        Box::pin(SqliteStore::maintain(self, now, retention))
+    }
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let sqlite = |source| StoreError::Sqlite {
         path: path.to_owned(),
@@ -302,7 +391,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let applied = usize::try_from(version).unwrap_or(usize::MAX);
     if applied > MIGRATIONS.len() {
         return Err(StoreError::NewerSchema {
-            path: path.to_owned(),
+            target: path.display().to_string(),
             found: version,
             supported: MIGRATIONS.len(),
         });
@@ -324,26 +413,44 @@ fn write_loop(
     mut queue: mpsc::Receiver<WriteRequest>,
     alerts: broadcast::Sender<StoredAlert>,
 ) {
-    while let Some(WriteRequest {
-        sensor,
-        batch,
-        reply,
-    }) = queue.blocking_recv()
-    {
-        let result = store_batch(&mut conn, path, &sensor, batch).map(|stored| match stored {
-            None => Published::Duplicate,
-            Some(stored) => {
-                let count = stored.len();
-                for alert in stored {
-                    // No subscriber is not an error: the alert is stored either way.
-                    let _ = alerts.send(alert);
-                }
-                Published::Stored { alerts: count }
+    while let Some(request) = queue.blocking_recv() {
+        match request {
+            WriteRequest::Publish {
+                sensor,
+                batch,
+                reply,
+            } => {
+                let result = store_batch(&mut conn, path, &sensor, batch).map(|stored| {
+                    match stored {
+                        None => Published::Duplicate,
+                        Some(stored) => {
+                            for alert in &stored {
+                                // No subscriber is not an error: the alert is stored either way.
+                                let _ = alerts.send(alert.clone());
+                            }
+                            Published::Stored { alerts: stored }
+                        }
+                    }
+                });
+                // The publisher may have gone (connection lost); the batch is committed
+                // regardless and its resend will be acked as a duplicate.
+                let _ = reply.send(result);
             }
-        });
-        // The publisher may have gone (connection lost); the batch is committed regardless
-        // and its resend will be acked as a duplicate.
-        let _ = reply.send(result);
+            WriteRequest::Prune {
+                table,
+                cutoff_ns,
+                reply,
+            } => {
+                let result = conn
+                    .prepare_cached(table.delete_sql())
+                    .and_then(|mut delete| delete.execute(params![cutoff_ns, PRUNE_CHUNK]))
+                    .map_err(|source| StoreError::Sqlite {
+                        path: path.to_owned(),
+                        source,
+                    });
+                let _ = reply.send(result);
+            }
+        }
     }
 }
 
@@ -389,7 +496,8 @@ fn store_batch(
     {
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO events (sensor, ts_ns, action, json) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO events (sensor, ts_ns, action, json, received_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(sqlite)?;
         for event in &events {
@@ -399,7 +507,8 @@ fn store_batch(
                     sensor,
                     to_sql_ns(event.timestamp),
                     event.event.action.as_str(),
-                    json
+                    json,
+                    to_sql_ns(received)
                 ])
                 .map_err(sqlite)?;
         }
@@ -492,21 +601,19 @@ fn select_alerts(
         if bytes > byte_budget && !out.is_empty() {
             break;
         }
-        let alert: Alert = serde_json::from_str(&json)
-            .map_err(|source| StoreError::CorruptAlert { id, source })?;
+        let alert: Alert = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+            what: "alert",
+            id,
+            source,
+        })?;
         out.push(StoredAlert {
             id,
             sensor,
-            received: Timestamp(u64::try_from(received_ns).unwrap_or(0)),
+            received: from_sql_ns(received_ns),
             alert,
         });
     }
     Ok(out)
-}
-
-/// SQLite integers are i64; nanoseconds since 1970 fit until 2262, and clamp after.
-fn to_sql_ns(t: Timestamp) -> i64 {
-    i64::try_from(t.unix_nanos()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -522,7 +629,7 @@ mod tests {
             .expect("set version");
         drop(conn);
         let (alerts, _) = broadcast::channel(1);
-        let Err(err) = Store::open(&path, alerts) else {
+        let Err(err) = SqliteStore::open(&path, alerts) else {
             panic!("a database from the future was opened");
         };
         assert!(
@@ -537,7 +644,7 @@ mod tests {
         let path = dir.path().join("var/lib/vigil/c.db");
         for _ in 0..2 {
             let (alerts, _) = broadcast::channel(1);
-            let (store, writer) = Store::open(&path, alerts).expect("open store");
+            let (store, writer) = SqliteStore::open(&path, alerts).expect("open store");
             drop(store);
             writer.join();
         }
