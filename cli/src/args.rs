@@ -147,6 +147,14 @@ pub enum Command {
         #[command(flatten)]
         connection: ConnectionOverrides,
     },
+    /// Every sensor that reports to the collector: host, version, rule set, hooks, last
+    /// heartbeat, event rate, drops, spool backlog, and whether it has gone silent
+    Sensors {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        connection: ConnectionOverrides,
+    },
     /// Work with detection rules
     Rules {
         #[command(subcommand)]

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use quinn::ConnectionError;
 use vigil_proto::transport::{self, TlsFiles, TransportError};
 use vigil_proto::{
-    read_frame, write_frame, AlertQuery, EventQuery, FrameError, Reply, Request, StoredAlert,
-    StoredEvent, Subscribe, MAX_FRAME_BYTES,
+    read_frame, write_frame, AlertQuery, EventQuery, FrameError, Reply, Request, SensorInfo,
+    StoredAlert, StoredEvent, Subscribe, MAX_FRAME_BYTES,
 };
 
 /// Where the collector is and how to prove who we are.
@@ -131,6 +131,18 @@ impl Client {
             Reply::Refused { reason } => Err(ClientError::Refused { reason }),
             _ => Err(ClientError::Unexpected {
                 request: "an event query",
+            }),
+        }
+    }
+
+    /// Every sensor that has sent a heartbeat, by name.
+    pub async fn list_sensors(&self) -> Result<Vec<SensorInfo>, ClientError> {
+        let (_send, mut recv) = self.request(Request::ListSensors).await?;
+        match self.reply(&mut recv).await? {
+            Reply::Sensors(sensors) => Ok(sensors),
+            Reply::Refused { reason } => Err(ClientError::Refused { reason }),
+            _ => Err(ClientError::Unexpected {
+                request: "a sensor list",
             }),
         }
     }

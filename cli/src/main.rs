@@ -84,6 +84,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Sensors {
+            output,
+            connection: overrides,
+        } => {
+            let options = connection.with(overrides).into_options()?;
+            runtime()?.block_on(async {
+                let client = Client::connect(&options).await?;
+                let sensors = client.list_sensors().await;
+                client.close().await;
+                vigil_cli::output::print_sensors(
+                    std::io::stdout().lock(),
+                    output.format(),
+                    &sensors?,
+                    Timestamp::now(),
+                )?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Tail {
             output,
             follow,

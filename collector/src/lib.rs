@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod enroll;
+pub mod health;
 mod limits;
 pub mod metrics;
 mod reload;

@@ -191,6 +191,7 @@ impl Collector {
             reload,
         } = self;
         let maintenance = tokio::spawn(maintain(shared.store.clone(), retention));
+        let silence = tokio::spawn(crate::health::watch_silence(shared.store.clone()));
         let mut watch = tokio::time::interval(WATCH_INTERVAL);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -227,8 +228,10 @@ impl Collector {
         while let Some(done) = connections.join_next().await {
             log_task_end(done);
         }
-        maintenance.abort();
-        let _ = maintenance.await;
+        for task in [maintenance, silence] {
+            task.abort();
+            let _ = task.await;
+        }
         // NB: the SQLite writer thread stops once every store handle is gone; the connection
         // tasks held the others.
         drop(shared);
@@ -444,6 +447,34 @@ async fn serve_stream(
         (Request::QueryAlerts(query), Role::Operator) => {
             query_alerts(&shared, &peer, query, &mut send).await
         }
+        (Request::Heartbeat(status), Role::Sensor) => {
+            let reply = match crate::health::heartbeat(&shared.store, &peer.name, status).await {
+                Ok(()) => Reply::StatusRecorded,
+                Err(e) => {
+                    error!(peer = %peer.name, "cannot record the heartbeat of {peer}: {e}");
+                    Reply::Refused {
+                        reason: "the collector could not store the heartbeat".into(),
+                    }
+                }
+            };
+            write_frame(&mut send, &reply)
+                .await
+                .map_err(StreamError::from)
+        }
+        (Request::ListSensors, Role::Operator) => {
+            let reply = match shared.store.sensors().await {
+                Ok(sensors) => Reply::Sensors(sensors),
+                Err(e) => {
+                    error!(peer = %peer.name, "sensor list for {peer} failed: {e}");
+                    Reply::Refused {
+                        reason: "the collector could not read its store".into(),
+                    }
+                }
+            };
+            write_frame(&mut send, &reply)
+                .await
+                .map_err(StreamError::from)
+        }
         (Request::QueryEvents(query), Role::Operator) => {
             query_events(&shared, &peer, query, &mut send).await
         }
@@ -453,6 +484,8 @@ async fn serve_stream(
                 Request::Subscribe(_) => "subscribe",
                 Request::QueryAlerts(_) => "query alerts",
                 Request::QueryEvents(_) => "query events",
+                Request::Heartbeat(_) => "send a heartbeat",
+                Request::ListSensors => "list sensors",
                 Request::Renew(_) => "renew a certificate",
                 Request::Stats => "read the collector's stats",
                 Request::Enroll(_) => "enroll on an authenticated connection",

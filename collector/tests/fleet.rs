@@ -66,6 +66,7 @@ async fn a_sensor_failing_over_between_collectors_on_one_postgres_loses_and_repe
         failover: vec![second.addr],
         server_name: "localhost".into(),
         tls: pki.files("sensor-1"),
+        heartbeat: None,
     };
     let (tx, rx) = mpsc::channel(ALERTS);
     let stats = Arc::new(ShipStats::default());

@@ -9,7 +9,7 @@ use support::postgres::PgServer;
 use support::{batch, within};
 use tokio::sync::broadcast;
 use vigil_collector::store::{self, Published, Retention, Store, StoreTarget};
-use vigil_proto::{Loss, StoredAlert, Timestamp};
+use vigil_proto::{Loss, SensorStatus, StoredAlert, Timestamp};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -212,6 +212,8 @@ async fn storage_suite(target: StoreTarget) {
         "ingest works after retention"
     );
 
+    health_checks(&store).await;
+
     drop(store);
     within("the store to close", closer.close()).await;
 
@@ -220,6 +222,69 @@ async fn storage_suite(target: StoreTarget) {
     assert_eq!(store.last_alert_id().await.expect("last id"), again[0].id);
     drop(store);
     within("the store to close", closer.close()).await;
+}
+
+fn at(t: Timestamp, secs: u64) -> Timestamp {
+    Timestamp(t.unix_nanos() + secs * 1_000_000_000)
+}
+
+/// Heartbeats: the sensor list, its event rate, new kernel drops, silence claimed once.
+async fn health_checks(store: &Store) {
+    let t0 = Timestamp::now();
+    let mut status = SensorStatus {
+        host: "web-01".into(),
+        version: "0.1.0".into(),
+        rules_version: "abc".into(),
+        rules: 55,
+        hooks: vec!["exec:tracepoint".into()],
+        events_total: 100,
+        heartbeat_secs: 10,
+        ..Default::default()
+    };
+    let record = |status: SensorStatus, t: Timestamp| async move {
+        store
+            .record_status("sensor-1".into(), status, t)
+            .await
+            .expect("record status")
+    };
+    assert_eq!(record(status.clone(), t0).await, 0);
+    status.events_total = 600;
+    status.kernel_drops = 7;
+    status.spool_batches = 3;
+    assert_eq!(
+        record(status.clone(), at(t0, 10)).await,
+        7,
+        "new kernel drops"
+    );
+    let sensors = store.sensors().await.expect("sensors");
+    assert_eq!(sensors.len(), 1, "{sensors:?}");
+    assert_eq!(sensors[0].sensor, "sensor-1");
+    assert_eq!(sensors[0].status, status);
+    assert_eq!(sensors[0].last_seen, at(t0, 10));
+    assert!(
+        (sensors[0].events_per_sec - 50.0).abs() < 1e-9,
+        "{sensors:?}"
+    );
+    assert!(!sensors[0].silent);
+
+    // Silent after three heartbeats (30 s here), claimed exactly once.
+    let claim = |t| async move { store.claim_silent(t).await.expect("claim silent") };
+    assert!(claim(at(t0, 10 + 29)).await.is_empty(), "silent too early");
+    let silent = claim(at(t0, 10 + 31)).await;
+    assert_eq!(silent.len(), 1, "{silent:?}");
+    assert_eq!(silent[0].sensor, "sensor-1");
+    assert!(claim(at(t0, 10 + 60)).await.is_empty(), "claimed twice");
+    assert!(store.sensors().await.expect("sensors")[0].silent);
+
+    // A heartbeat ends the silence; the same total is no news; a restart's counts are.
+    assert_eq!(record(status.clone(), at(t0, 80)).await, 0);
+    assert!(!store.sensors().await.expect("sensors")[0].silent);
+    status.kernel_drops = 3;
+    assert_eq!(
+        record(status.clone(), at(t0, 90)).await,
+        3,
+        "drops after a restart"
+    );
 }
 
 #[tokio::test]

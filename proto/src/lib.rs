@@ -21,7 +21,7 @@ pub use event::{
 };
 pub use frame::{
     AlertQuery, Batch, CollectorStats, Enroll, Envelope, EventQuery, Loss, Renew, Reply, Request,
-    StoredAlert, StoredEvent, Subscribe,
+    SensorInfo, SensorStatus, StoredAlert, StoredEvent, Subscribe,
 };
 pub use time::Timestamp;
 

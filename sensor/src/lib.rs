@@ -18,6 +18,7 @@ pub mod procfs;
 pub mod redact;
 pub mod ship;
 pub mod spool;
+pub mod status;
 pub mod syscalls;
 
 use std::collections::HashMap;
@@ -79,6 +80,7 @@ pub async fn run(
         .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: rule reload disabled"))
         .ok();
     let ctx = procfs::host_context();
+    let host_name = ctx.host.name.clone();
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
     let file_prefixes = config.file_prefixes();
@@ -106,6 +108,12 @@ pub async fn run(
         "sensor running"
     );
 
+    let (status_tx, status_rx) = tokio::sync::watch::channel(status::initial(
+        &host_name,
+        rules.len(),
+        status::rules_version(&config.rules),
+        capture.hooks(),
+    ));
     let stats = Arc::new(ShipStats::default());
     let (ship_tx, shipper) = match config.collector.clone() {
         Some(c) => {
@@ -118,6 +126,10 @@ pub async fn run(
                     cert: c.cert,
                     key: c.key,
                 },
+                heartbeat: Some(ship::Heartbeat {
+                    every: Duration::from_secs(u64::from(c.heartbeat_secs.max(1))),
+                    status: status_rx,
+                }),
             };
             // Opened before anything runs, so a bad spool directory fails start-up clearly.
             let spool = spool::Spool::open(&config.spool)
@@ -155,10 +167,15 @@ pub async fn run(
             () = &mut shutdown => break,
             () = next_hangup(&mut hangup) => {
                 reload_rules(&config, &mut rules, &metrics);
+                status_tx.send_modify(|s| {
+                    s.rules = u32::try_from(rules.len()).unwrap_or(u32::MAX);
+                    s.rules_version = status::rules_version(&config.rules);
+                });
                 continue;
             }
             _ = tick.tick() => {
                 let losses = report_counters(&capture, &mut last_counters, &stats, &mut reported, &metrics);
+                status_tx.send_modify(|s| status::update_counters(s, &last_counters));
                 events.extend(losses.into_iter().map(|(kind, lost)| {
                     enricher.loss_event(decode::kind_name(kind), lost, vigil_proto::Timestamp::now())
                 }));

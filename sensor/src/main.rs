@@ -104,6 +104,7 @@ fn build_config(args: Args) -> anyhow::Result<(SensorConfig, Vec<PathBuf>)> {
         config.collector = Some(CollectorConfig {
             address,
             failover: args.failover,
+            heartbeat_secs: vigil_sensor::status::DEFAULT_HEARTBEAT_SECS,
             server_name: args.server_name,
             ca,
             cert,

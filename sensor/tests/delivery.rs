@@ -104,6 +104,7 @@ impl Setup {
             failover: Vec::new(),
             server_name: "localhost".into(),
             tls: certs::tls_files(&self.dir.path().join("pki"), "sensor-1"),
+            heartbeat: None,
         }
     }
 

@@ -24,7 +24,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 pub use vigil_proto::StoredEvent;
-use vigil_proto::{Batch, StoredAlert, Timestamp};
+use vigil_proto::{Batch, SensorInfo, SensorStatus, StoredAlert, Timestamp};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -60,6 +60,82 @@ pub trait Storage: Send + Sync {
     /// days' event partitions) and deletes what `retention` no longer keeps. Works in small
     /// steps so that ingest runs between them.
     fn maintain(&self, now: Timestamp, retention: Retention) -> StoreFuture<'_, ()>;
+    /// Records `sensor`'s heartbeat, received at `now`, and clears its silence; returns how many
+    /// kernel drops it reports beyond its previous heartbeat (all of them after a restart).
+    fn record_status(
+        &self,
+        sensor: String,
+        status: SensorStatus,
+        now: Timestamp,
+    ) -> StoreFuture<'_, u64>;
+    /// Marks as silent every sensor whose heartbeat window ended before `now` and returns the
+    /// ones it marked: each silent spell is claimed once, by one collector.
+    fn claim_silent(&self, now: Timestamp) -> StoreFuture<'_, Vec<SensorInfo>>;
+    /// Every sensor that sent a heartbeat, by name.
+    fn sensors(&self) -> StoreFuture<'_, Vec<SensorInfo>>;
+}
+
+/// Heartbeats a sensor may miss before it counts as silent.
+pub const SILENT_AFTER_HEARTBEATS: u64 = 3;
+
+/// When a sensor that reported `status` at `now` becomes silent, as stored nanoseconds.
+pub(crate) fn silent_after_ns(status: &SensorStatus, now: Timestamp) -> i64 {
+    let window = u64::from(status.heartbeat_secs.max(1)) * SILENT_AFTER_HEARTBEATS * 1_000_000_000;
+    to_sql_ns(now).saturating_add(i64::try_from(window).unwrap_or(i64::MAX))
+}
+
+/// New kernel drops between two running totals; a smaller total means the sensor restarted.
+pub(crate) fn new_drops(before: Option<i64>, now: u64) -> u64 {
+    let before = before.and_then(|b| u64::try_from(b).ok());
+    match before {
+        Some(before) if now >= before => now - before,
+        _ => now,
+    }
+}
+
+/// A sensor row as both engines store it.
+pub(crate) struct SensorRow {
+    pub sensor: String,
+    pub status_json: String,
+    pub last_seen_ns: i64,
+    pub events_total: i64,
+    pub prev_events_total: i64,
+    pub prev_seen_ns: i64,
+    pub silent: i64,
+}
+
+impl SensorRow {
+    pub fn into_info(self) -> Result<SensorInfo, StoreError> {
+        let SensorRow {
+            sensor,
+            status_json,
+            last_seen_ns,
+            events_total,
+            prev_events_total,
+            prev_seen_ns,
+            silent,
+        } = self;
+        let status: SensorStatus =
+            serde_json::from_str(&status_json).map_err(|source| StoreError::Corrupt {
+                what: "sensor status",
+                id: 0,
+                source,
+            })?;
+        let seconds = (last_seen_ns - prev_seen_ns) as f64 / 1e9;
+        let events = events_total.saturating_sub(prev_events_total);
+        let events_per_sec = if seconds > 0.0 && events >= 0 {
+            events as f64 / seconds
+        } else {
+            0.0
+        };
+        Ok(SensorInfo {
+            sensor,
+            status,
+            last_seen: from_sql_ns(last_seen_ns),
+            events_per_sec,
+            silent: silent != 0,
+        })
+    }
 }
 
 /// What became of a published batch.

@@ -21,11 +21,11 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
-use vigil_proto::{Alert, Batch, Event, Loss, StoredAlert, Timestamp};
+use vigil_proto::{Alert, Batch, Event, Loss, SensorInfo, SensorStatus, StoredAlert, Timestamp};
 
 use super::{
-    cutoff_ns, from_sql_ns, to_sql_ns, PostgresUrl, Published, Retention, Storage, StoreError,
-    StoreFuture, StoredEvent,
+    cutoff_ns, from_sql_ns, new_drops, silent_after_ns, to_sql_ns, PostgresUrl, Published,
+    Retention, SensorRow, Storage, StoreError, StoreFuture, StoredEvent,
 };
 
 /// Connections each collector keeps for ingest and queries; a transaction holds one.
@@ -93,7 +93,23 @@ const MIGRATIONS: &[&str] = &[
          corrupt_records BIGINT NOT NULL,
          updated_ns BIGINT NOT NULL
      );",
+    // v2. Fleet health: each sensor's last heartbeat and the one before (for its event rate).
+    "CREATE TABLE sensors (
+         sensor TEXT PRIMARY KEY,
+         status TEXT NOT NULL,
+         last_seen_ns BIGINT NOT NULL,
+         silent_after_ns BIGINT NOT NULL,
+         events_total BIGINT NOT NULL,
+         kernel_drops BIGINT NOT NULL,
+         prev_events_total BIGINT NOT NULL,
+         prev_seen_ns BIGINT NOT NULL,
+         silent BIGINT NOT NULL
+     );",
 ];
+
+/// The columns [`SensorRow`] is read from, in its order.
+const SENSOR_COLUMNS: &str =
+    "sensor, status, last_seen_ns, events_total, prev_events_total, prev_seen_ns, silent";
 
 /// Describes a PostgreSQL error with the server's own message when there is one
 /// (tokio-postgres' Display says only "db error").
@@ -500,6 +516,96 @@ impl PgStore {
         Ok(())
     }
 
+    async fn record_status(
+        &self,
+        sensor: String,
+        status: SensorStatus,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let err = self.error();
+        let json = serde_json::to_string(&status).map_err(StoreError::Encode)?;
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(&err)?;
+        let before: Option<i64> = tx
+            .query_opt(
+                "SELECT kernel_drops FROM sensors WHERE sensor = $1 FOR UPDATE",
+                &[&sensor],
+            )
+            .await
+            .map_err(&err)?
+            .map(|row| row.try_get(0))
+            .transpose()
+            .map_err(&err)?;
+        tx.execute(
+            "INSERT INTO sensors (sensor, status, last_seen_ns, silent_after_ns, events_total,
+                                  kernel_drops, prev_events_total, prev_seen_ns, silent)
+             VALUES ($1, $2, $3, $4, $5, $6, $5, $3, 0)
+             ON CONFLICT (sensor) DO UPDATE SET
+                 status = EXCLUDED.status,
+                 prev_events_total = sensors.events_total,
+                 prev_seen_ns = sensors.last_seen_ns,
+                 last_seen_ns = EXCLUDED.last_seen_ns,
+                 silent_after_ns = EXCLUDED.silent_after_ns,
+                 events_total = EXCLUDED.events_total,
+                 kernel_drops = EXCLUDED.kernel_drops,
+                 silent = 0",
+            &[
+                &sensor,
+                &json,
+                &to_sql_ns(now),
+                &silent_after_ns(&status, now),
+                &clamp(status.events_total),
+                &clamp(status.kernel_drops),
+            ],
+        )
+        .await
+        .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(new_drops(before, status.kernel_drops))
+    }
+
+    async fn claim_silent(&self, now: Timestamp) -> Result<Vec<SensorInfo>, StoreError> {
+        // One statement: row locks make a second collector's UPDATE see `silent = 1` and
+        // skip the row, so each silent spell is claimed once.
+        let sql = format!(
+            "UPDATE sensors SET silent = 1 WHERE silent = 0 AND silent_after_ns < $1
+             RETURNING {SENSOR_COLUMNS}"
+        );
+        self.sensor_rows(&sql, &[&to_sql_ns(now)]).await
+    }
+
+    async fn sensors(&self) -> Result<Vec<SensorInfo>, StoreError> {
+        let sql = format!("SELECT {SENSOR_COLUMNS} FROM sensors ORDER BY sensor");
+        self.sensor_rows(&sql, &[]).await
+    }
+
+    async fn sensor_rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<SensorInfo>, StoreError> {
+        let err = self.error();
+        let client = self.client().await?;
+        let rows = client.query(sql, params).await.map_err(&err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(
+                SensorRow {
+                    sensor: row.try_get(0).map_err(&err)?,
+                    status_json: row.try_get(1).map_err(&err)?,
+                    last_seen_ns: row.try_get(2).map_err(&err)?,
+                    events_total: row.try_get(3).map_err(&err)?,
+                    prev_events_total: row.try_get(4).map_err(&err)?,
+                    prev_seen_ns: row.try_get(5).map_err(&err)?,
+                    silent: row.try_get(6).map_err(&err)?,
+                }
+                .into_info()?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Detaches and drops every event partition that ends at or before `cutoff_ns`.
     async fn drop_partitions_before(&self, cutoff_ns: i64) -> Result<u64, StoreError> {
         let err = self.error();
@@ -582,6 +688,23 @@ impl Storage for PgStore {
 
     fn maintain(&self, now: Timestamp, retention: Retention) -> StoreFuture<'_, ()> {
         Box::pin(PgStore::maintain(self, now, retention))
+    }
+
+    fn record_status(
+        &self,
+        sensor: String,
+        status: SensorStatus,
+        now: Timestamp,
+    ) -> StoreFuture<'_, u64> {
+        Box::pin(PgStore::record_status(self, sensor, status, now))
+    }
+
+    fn claim_silent(&self, now: Timestamp) -> StoreFuture<'_, Vec<SensorInfo>> {
+        Box::pin(PgStore::claim_silent(self, now))
+    }
+
+    fn sensors(&self) -> StoreFuture<'_, Vec<SensorInfo>> {
+        Box::pin(PgStore::sensors(self))
     }
 }
 

@@ -11,14 +11,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use vigil_proto::{Alert, Batch, Event, Loss, StoredAlert, Timestamp};
+use vigil_proto::{Alert, Batch, Event, Loss, SensorInfo, SensorStatus, StoredAlert, Timestamp};
 
 use super::{
-    cutoff_ns, from_sql_ns, to_sql_ns, Published, Retention, Storage, StoreError, StoreFuture,
-    StoredEvent,
+    cutoff_ns, from_sql_ns, new_drops, silent_after_ns, to_sql_ns, Published, Retention, SensorRow,
+    Storage, StoreError, StoreFuture, StoredEvent,
 };
+
+/// The columns [`SensorRow`] is read from, in its order.
+const SENSOR_COLUMNS: &str =
+    "sensor, status, last_seen_ns, events_total, prev_events_total, prev_seen_ns, silent";
 
 /// Batches waiting for the writer. Ingest waits for room, so a slow disk slows sensors down
 /// (they keep spooling) instead of growing memory here.
@@ -73,6 +77,18 @@ const MIGRATIONS: &[&str] = &[
      UPDATE events SET received_ns = ts_ns;
      CREATE INDEX events_received ON events (received_ns);
      CREATE INDEX batches_received ON batches (received_ns);",
+    // v4. Fleet health: each sensor's last heartbeat and the one before (for its event rate).
+    "CREATE TABLE sensors (
+         sensor TEXT PRIMARY KEY,
+         status TEXT NOT NULL,
+         last_seen_ns INTEGER NOT NULL,
+         silent_after_ns INTEGER NOT NULL,
+         events_total INTEGER NOT NULL,
+         kernel_drops INTEGER NOT NULL,
+         prev_events_total INTEGER NOT NULL,
+         prev_seen_ns INTEGER NOT NULL,
+         silent INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 /// Work for the writer thread, done in arrival order.
@@ -89,7 +105,12 @@ enum WriteRequest {
         cutoff_ns: i64,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// Any other write, run on the writer's connection between batches.
+    Job(WriteJob),
 }
+
+/// A write the writer thread runs for someone else; it sends its own answer.
+type WriteJob = Box<dyn FnOnce(&mut Connection, &Path) + Send>;
 
 #[derive(Clone, Copy, Debug)]
 enum PrunedTable {
@@ -209,6 +230,117 @@ impl SqliteStore {
                 return Ok(total);
             }
         }
+    }
+
+    /// Runs `job` on the writer thread, in turn with batches.
+    async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Path) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(WriteRequest::Job(Box::new(move |conn, path| {
+                let _ = reply.send(job(conn, path));
+            })))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    async fn record_status(
+        &self,
+        sensor: String,
+        status: SensorStatus,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let json = serde_json::to_string(&status).map_err(StoreError::Encode)?;
+        let silent_after = silent_after_ns(&status, now);
+        self.write(move |conn, path| {
+            let sqlite = |source| StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            };
+            let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlite)?;
+            let before: Option<i64> = tx
+                .query_row(
+                    "SELECT kernel_drops FROM sensors WHERE sensor = ?1",
+                    params![sensor],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sqlite)?;
+            tx.execute(
+                "INSERT INTO sensors (sensor, status, last_seen_ns, silent_after_ns, events_total,
+                                      kernel_drops, prev_events_total, prev_seen_ns, silent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?3, 0)
+                 ON CONFLICT (sensor) DO UPDATE SET
+                     status = excluded.status,
+                     prev_events_total = sensors.events_total,
+                     prev_seen_ns = sensors.last_seen_ns,
+                     last_seen_ns = excluded.last_seen_ns,
+                     silent_after_ns = excluded.silent_after_ns,
+                     events_total = excluded.events_total,
+                     kernel_drops = excluded.kernel_drops,
+                     silent = 0",
+                params![
+                    sensor,
+                    json,
+                    to_sql_ns(now),
+                    silent_after,
+                    clamp(status.events_total),
+                    clamp(status.kernel_drops)
+                ],
+            )
+            .map_err(sqlite)?;
+            tx.commit().map_err(sqlite)?;
+            Ok(new_drops(before, status.kernel_drops))
+        })
+        .await
+    }
+
+    async fn claim_silent(&self, now: Timestamp) -> Result<Vec<SensorInfo>, StoreError> {
+        self.write(move |conn, path| {
+            let sqlite = |source| StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            };
+            let sql = format!(
+                "UPDATE sensors SET silent = 1 WHERE silent = 0 AND silent_after_ns < ?1
+                 RETURNING {SENSOR_COLUMNS}"
+            );
+            let mut statement = conn.prepare_cached(&sql).map_err(sqlite)?;
+            let rows = statement
+                .query_map(params![to_sql_ns(now)], sensor_row)
+                .map_err(sqlite)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(sqlite)?.into_info()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn sensors(&self) -> Result<Vec<SensorInfo>, StoreError> {
+        self.read(|conn, path| {
+            let sqlite = |source| StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            };
+            let sql = format!("SELECT {SENSOR_COLUMNS} FROM sensors ORDER BY sensor");
+            let mut statement = conn.prepare_cached(&sql).map_err(sqlite)?;
+            let rows = statement.query_map([], sensor_row).map_err(sqlite)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(sqlite)?.into_info()?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn alerts_after(
@@ -378,6 +510,35 @@ impl Storage for SqliteStore {
     fn maintain(&self, now: Timestamp, retention: Retention) -> StoreFuture<'_, ()> {
         Box::pin(SqliteStore::maintain(self, now, retention))
     }
+
+    fn record_status(
+        &self,
+        sensor: String,
+        status: SensorStatus,
+        now: Timestamp,
+    ) -> StoreFuture<'_, u64> {
+        Box::pin(SqliteStore::record_status(self, sensor, status, now))
+    }
+
+    fn claim_silent(&self, now: Timestamp) -> StoreFuture<'_, Vec<SensorInfo>> {
+        Box::pin(SqliteStore::claim_silent(self, now))
+    }
+
+    fn sensors(&self) -> StoreFuture<'_, Vec<SensorInfo>> {
+        Box::pin(SqliteStore::sensors(self))
+    }
+}
+
+fn sensor_row(row: &rusqlite::Row<'_>) -> Result<SensorRow, rusqlite::Error> {
+    Ok(SensorRow {
+        sensor: row.get(0)?,
+        status_json: row.get(1)?,
+        last_seen_ns: row.get(2)?,
+        events_total: row.get(3)?,
+        prev_events_total: row.get(4)?,
+        prev_seen_ns: row.get(5)?,
+        silent: row.get(6)?,
+    })
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -436,6 +597,7 @@ fn write_loop(
                 // regardless and its resend will be acked as a duplicate.
                 let _ = reply.send(result);
             }
+            WriteRequest::Job(job) => job(&mut conn, path),
             WriteRequest::Prune {
                 table,
                 cutoff_ns,
