@@ -74,12 +74,15 @@ pub async fn heartbeat(
 /// Raises a "sensor silent" alert for every sensor past its heartbeat window, every
 /// [`SILENCE_CHECK`], until the collector stops.
 pub async fn watch_silence(store: Store) {
+    // NB: a sensor's window starts no earlier than this: while the collector was down its
+    // sensors could not be heard, and calling them all silent at start would bury a real one.
+    let watching_since = Timestamp::now();
     let mut tick = tokio::time::interval(SILENCE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = Timestamp::now();
-        let silent = match store.claim_silent(now).await {
+        let silent = match store.claim_silent(now, watching_since).await {
             Ok(silent) => silent,
             Err(e) => {
                 tracing::warn!("cannot check for silent sensors: {e}");

@@ -268,7 +268,16 @@ async fn health_checks(store: &Store) {
     assert!(!sensors[0].silent);
 
     // Silent after three heartbeats (30 s here), claimed exactly once.
-    let claim = |t| async move { store.claim_silent(t).await.expect("claim silent") };
+    // A collector that started watching late gives the sensor a whole window from then.
+    let late = store
+        .claim_silent(at(t0, 10 + 31), at(t0, 10 + 20))
+        .await
+        .expect("claim silent");
+    assert!(
+        late.is_empty(),
+        "silent before a window passed since watching began"
+    );
+    let claim = |t| async move { store.claim_silent(t, t0).await.expect("claim silent") };
     assert!(claim(at(t0, 10 + 29)).await.is_empty(), "silent too early");
     let silent = claim(at(t0, 10 + 31)).await;
     assert_eq!(silent.len(), 1, "{silent:?}");

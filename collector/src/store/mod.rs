@@ -69,8 +69,14 @@ pub trait Storage: Send + Sync {
         now: Timestamp,
     ) -> StoreFuture<'_, u64>;
     /// Marks as silent every sensor whose heartbeat window ended before `now` and returns the
-    /// ones it marked: each silent spell is claimed once, by one collector.
-    fn claim_silent(&self, now: Timestamp) -> StoreFuture<'_, Vec<SensorInfo>>;
+    /// ones it marked: each silent spell is claimed once, by one collector. The window counts
+    /// from `watching_since` at the earliest: heartbeats a stopped collector could not receive
+    /// are not the sensor's silence.
+    fn claim_silent(
+        &self,
+        now: Timestamp,
+        watching_since: Timestamp,
+    ) -> StoreFuture<'_, Vec<SensorInfo>>;
     /// Every sensor that sent a heartbeat, by name.
     fn sensors(&self) -> StoreFuture<'_, Vec<SensorInfo>>;
 }

@@ -565,14 +565,21 @@ impl PgStore {
         Ok(new_drops(before, status.kernel_drops))
     }
 
-    async fn claim_silent(&self, now: Timestamp) -> Result<Vec<SensorInfo>, StoreError> {
+    async fn claim_silent(
+        &self,
+        now: Timestamp,
+        watching_since: Timestamp,
+    ) -> Result<Vec<SensorInfo>, StoreError> {
         // One statement: row locks make a second collector's UPDATE see `silent = 1` and
         // skip the row, so each silent spell is claimed once.
         let sql = format!(
-            "UPDATE sensors SET silent = 1 WHERE silent = 0 AND silent_after_ns < $1
+            "UPDATE sensors SET silent = 1
+             WHERE silent = 0 AND silent_after_ns < $1
+                 AND $2 + (silent_after_ns - last_seen_ns) < $1
              RETURNING {SENSOR_COLUMNS}"
         );
-        self.sensor_rows(&sql, &[&to_sql_ns(now)]).await
+        self.sensor_rows(&sql, &[&to_sql_ns(now), &to_sql_ns(watching_since)])
+            .await
     }
 
     async fn sensors(&self) -> Result<Vec<SensorInfo>, StoreError> {
@@ -699,8 +706,12 @@ impl Storage for PgStore {
         Box::pin(PgStore::record_status(self, sensor, status, now))
     }
 
-    fn claim_silent(&self, now: Timestamp) -> StoreFuture<'_, Vec<SensorInfo>> {
-        Box::pin(PgStore::claim_silent(self, now))
+    fn claim_silent(
+        &self,
+        now: Timestamp,
+        watching_since: Timestamp,
+    ) -> StoreFuture<'_, Vec<SensorInfo>> {
+        Box::pin(PgStore::claim_silent(self, now, watching_since))
     }
 
     fn sensors(&self) -> StoreFuture<'_, Vec<SensorInfo>> {

@@ -302,19 +302,28 @@ impl SqliteStore {
         .await
     }
 
-    async fn claim_silent(&self, now: Timestamp) -> Result<Vec<SensorInfo>, StoreError> {
+    async fn claim_silent(
+        &self,
+        now: Timestamp,
+        watching_since: Timestamp,
+    ) -> Result<Vec<SensorInfo>, StoreError> {
         self.write(move |conn, path| {
             let sqlite = |source| StoreError::Sqlite {
                 path: path.to_owned(),
                 source,
             };
             let sql = format!(
-                "UPDATE sensors SET silent = 1 WHERE silent = 0 AND silent_after_ns < ?1
+                "UPDATE sensors SET silent = 1
+                 WHERE silent = 0 AND silent_after_ns < ?1
+                     AND ?2 + (silent_after_ns - last_seen_ns) < ?1
                  RETURNING {SENSOR_COLUMNS}"
             );
             let mut statement = conn.prepare_cached(&sql).map_err(sqlite)?;
             let rows = statement
-                .query_map(params![to_sql_ns(now)], sensor_row)
+                .query_map(
+                    params![to_sql_ns(now), to_sql_ns(watching_since)],
+                    sensor_row,
+                )
                 .map_err(sqlite)?;
             let mut out = Vec::new();
             for row in rows {
@@ -520,8 +529,12 @@ impl Storage for SqliteStore {
         Box::pin(SqliteStore::record_status(self, sensor, status, now))
     }
 
-    fn claim_silent(&self, now: Timestamp) -> StoreFuture<'_, Vec<SensorInfo>> {
-        Box::pin(SqliteStore::claim_silent(self, now))
+    fn claim_silent(
+        &self,
+        now: Timestamp,
+        watching_since: Timestamp,
+    ) -> StoreFuture<'_, Vec<SensorInfo>> {
+        Box::pin(SqliteStore::claim_silent(self, now, watching_since))
     }
 
     fn sensors(&self) -> StoreFuture<'_, Vec<SensorInfo>> {
