@@ -147,6 +147,14 @@ pub enum Command {
         #[command(flatten)]
         connection: ConnectionOverrides,
     },
+    /// Every sensor that reports to the collector: host, version, rule set, hooks, last
+    /// heartbeat, event rate, drops, spool backlog, and whether it has gone silent
+    Sensors {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        connection: ConnectionOverrides,
+    },
     /// Work with detection rules
     Rules {
         #[command(subcommand)]
@@ -207,6 +215,19 @@ pub enum RulesCommand {
     Explain {
         #[arg(required = true, value_name = "PATH")]
         files: Vec<PathBuf>,
+    },
+    /// Run rules over the events stored at the collector and print what they would have
+    /// matched (as alerts, with the stored event's id); a summary goes to stderr
+    Backtest {
+        #[arg(required = true, value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Events received within this long (`10m`, `24h`, `7d`) or since an RFC 3339 time
+        #[arg(long, value_name = "WHEN", default_value = "24h", value_parser = parse_since)]
+        since: SystemTime,
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        connection: ConnectionOverrides,
     },
 }
 

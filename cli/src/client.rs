@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use quinn::ConnectionError;
 use vigil_proto::transport::{self, TlsFiles, TransportError};
 use vigil_proto::{
-    read_frame, write_frame, AlertQuery, FrameError, Reply, Request, StoredAlert, Subscribe,
-    MAX_FRAME_BYTES,
+    read_frame, write_frame, AlertQuery, EventQuery, FrameError, Reply, Request, SensorInfo,
+    StoredAlert, StoredEvent, Subscribe, MAX_FRAME_BYTES,
 };
 
 /// Where the collector is and how to prove who we are.
@@ -118,6 +118,31 @@ impl Client {
             Reply::Refused { reason } => Err(ClientError::Refused { reason }),
             _ => Err(ClientError::Unexpected {
                 request: "an alert query",
+            }),
+        }
+    }
+
+    /// One page of stored events received at or after `query.since` with an id above
+    /// `query.after_id`, in id order; an empty page is the end.
+    pub async fn query_events(&self, query: EventQuery) -> Result<Vec<StoredEvent>, ClientError> {
+        let (_send, mut recv) = self.request(Request::QueryEvents(query)).await?;
+        match self.reply(&mut recv).await? {
+            Reply::Events(events) => Ok(events),
+            Reply::Refused { reason } => Err(ClientError::Refused { reason }),
+            _ => Err(ClientError::Unexpected {
+                request: "an event query",
+            }),
+        }
+    }
+
+    /// Every sensor that has sent a heartbeat, by name.
+    pub async fn list_sensors(&self) -> Result<Vec<SensorInfo>, ClientError> {
+        let (_send, mut recv) = self.request(Request::ListSensors).await?;
+        match self.reply(&mut recv).await? {
+            Reply::Sensors(sensors) => Ok(sensors),
+            Reply::Refused { reason } => Err(ClientError::Refused { reason }),
+            _ => Err(ClientError::Unexpected {
+                request: "a sensor list",
             }),
         }
     }

@@ -51,6 +51,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             RulesCommand::Test { files } => rules_tools::test(&files),
             RulesCommand::List { files } => rules_tools::list(&files),
             RulesCommand::Explain { files } => rules_tools::explain(&files),
+            RulesCommand::Backtest {
+                files,
+                since,
+                output,
+                connection: overrides,
+            } => {
+                let options = connection.with(overrides).into_options()?;
+                rules_tools::backtest(&files, Timestamp::from(since), output.format(), &options)
+            }
         },
         Command::Certs { command } => make_certs(command).map(|()| ExitCode::SUCCESS),
         Command::Alerts {
@@ -72,6 +81,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for alert in &alerts? {
                     printer.print(alert)?;
                 }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Sensors {
+            output,
+            connection: overrides,
+        } => {
+            let options = connection.with(overrides).into_options()?;
+            runtime()?.block_on(async {
+                let client = Client::connect(&options).await?;
+                let sensors = client.list_sensors().await;
+                client.close().await;
+                vigil_cli::output::print_sensors(
+                    std::io::stdout().lock(),
+                    output.format(),
+                    &sensors?,
+                    Timestamp::now(),
+                )?;
                 Ok(ExitCode::SUCCESS)
             })
         }

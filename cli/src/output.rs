@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
-use vigil_proto::{Alert, Level, StoredAlert, Timestamp};
+use vigil_proto::{Alert, Level, SensorInfo, StoredAlert, Timestamp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -142,6 +142,63 @@ fn printable(text: &str) -> String {
         }
     }
     out
+}
+
+/// `vigil sensors`: one JSON object per sensor (the [`SensorInfo`] as the collector sent it),
+/// or a table with how long ago each was last seen as of `now`.
+pub fn print_sensors<W: Write>(
+    mut out: W,
+    format: Format,
+    sensors: &[SensorInfo],
+    now: Timestamp,
+) -> io::Result<()> {
+    if format == Format::Json {
+        for sensor in sensors {
+            let line = serde_json::to_string(sensor).map_err(io::Error::other)?;
+            writeln!(out, "{line}")?;
+        }
+        return out.flush();
+    }
+    writeln!(
+        out,
+        "{:<20} {:<16} {:<8} {:<14} {:>9} {:>8} {:>8} {:>8} {:>8}  {:<7} HOOKS",
+        "SENSOR",
+        "HOST",
+        "VERSION",
+        "RULES",
+        "LAST SEEN",
+        "EVENTS/S",
+        "K-DROPS",
+        "D-DROPS",
+        "SPOOL",
+        "STATE"
+    )?;
+    for info in sensors {
+        let SensorInfo {
+            sensor,
+            status,
+            last_seen,
+            events_per_sec,
+            silent,
+        } = info;
+        let ago = now.unix_nanos().saturating_sub(last_seen.unix_nanos()) / 1_000_000_000;
+        writeln!(
+            out,
+            "{:<20} {:<16} {:<8} {:<14} {:>8}s {:>8.1} {:>8} {:>8} {:>8}  {:<7} {}",
+            sensor,
+            status.host,
+            status.version,
+            format!("{} ({})", status.rules_version, status.rules),
+            ago,
+            events_per_sec,
+            status.kernel_drops,
+            status.delivery_drops,
+            status.spool_batches,
+            if *silent { "SILENT" } else { "ok" },
+            status.hooks.join(",")
+        )?;
+    }
+    out.flush()
 }
 
 #[cfg(test)]

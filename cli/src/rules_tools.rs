@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use vigil_cli::backtest::{backtest as run_backtest, BacktestMatch};
+use vigil_cli::client::{Client, ConnectOptions};
+use vigil_cli::output::{AlertPrinter, Format};
 use vigil_detect::{RuleAction, RuleSet};
+use vigil_proto::{StoredAlert, Timestamp};
 
 fn load(paths: &[PathBuf]) -> anyhow::Result<RuleSet> {
     // The error already reads `path:line:column: reason`.
@@ -60,6 +64,51 @@ pub fn list(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vigil rules backtest`: prints each match as it is found, then a summary on stderr.
+pub fn backtest(
+    paths: &[PathBuf],
+    since: Timestamp,
+    format: Format,
+    options: &ConnectOptions,
+) -> anyhow::Result<ExitCode> {
+    let set = load(paths)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = Client::connect(options).await?;
+        let stdout = std::io::stdout();
+        let mut table = AlertPrinter::new(stdout.lock(), Format::Table);
+        let print = |found: BacktestMatch| -> std::io::Result<()> {
+            match format {
+                Format::Json => {
+                    let line = serde_json::to_string(&found).map_err(std::io::Error::other)?;
+                    let mut out = stdout.lock();
+                    writeln!(out, "{line}")?;
+                    out.flush()
+                }
+                Format::Table => table.print(&StoredAlert {
+                    id: found.event_id,
+                    sensor: found.sensor,
+                    received: found.received,
+                    alert: found.alert,
+                }),
+            }
+        };
+        let summary = run_backtest(&client, &set, since, print).await;
+        client.close().await;
+        let summary = summary?;
+        eprintln!(
+            "{} rules over {} events received since {since}: {} matches",
+            set.len(),
+            summary.events,
+            summary.matches
+        );
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn action_name(action: RuleAction) -> &'static str {

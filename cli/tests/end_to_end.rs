@@ -80,6 +80,7 @@ impl Running {
             },
             revoked: None,
             enroll: None,
+            ..Default::default()
         };
         // A restarted collector wants its old port back; the old socket may take a moment.
         let collector = within("the collector to bind", async {
@@ -389,5 +390,167 @@ async fn tail_prints_live_alerts_and_resumes_after_a_collector_restart() {
     }
     tail.start_kill().expect("stop vigil tail");
     let _ = tail.wait().await;
+    collector.stop().await;
+}
+
+/// A process_creation rule for the backtest: curl with `marker` on its command line.
+fn backtest_rule(marker: &str) -> String {
+    format!(
+        "title: Backtest {marker}
+id: 5d0c1a52-0000-4000-8000-00000000b001
+status: experimental
+logsource:
+    product: linux
+    category: process_creation
+detection:
+    selection:
+        Image|endswith: '/curl'
+        CommandLine|contains: '{marker}'
+    condition: selection
+level: high
+"
+    )
+}
+
+/// Publishes `events` and `alerts` as sensor `s1` in batch `seq`, waiting for the ack.
+async fn publish_batch(
+    addr: SocketAddr,
+    dir: &Path,
+    seq: u64,
+    events: Vec<Event>,
+    alerts: Vec<Alert>,
+) {
+    let files = TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("s1.pem"),
+        key: dir.join("s1-key.pem"),
+    };
+    within("a publish to be acked", async {
+        let endpoint = transport::client_endpoint(&files).expect("sensor endpoint");
+        let conn = transport::connect(&endpoint, addr, "localhost")
+            .await
+            .expect("sensor connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
+        let batch = Batch {
+            seq,
+            events,
+            alerts,
+            loss: Default::default(),
+        };
+        write_frame(&mut send, &Request::Publish(batch))
+            .await
+            .expect("send batch");
+        send.finish().expect("finish");
+        let reply: Reply = read_frame(&mut recv, MAX_FRAME_BYTES)
+            .await
+            .expect("read ack")
+            .expect("an ack");
+        assert_eq!(reply, Reply::Ack { seq });
+        conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+    })
+    .await;
+}
+
+/// (rule id, event sequence) of each JSON line.
+fn matches_of(stdout: &str) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = stdout
+        .lines()
+        .map(|line| {
+            let json: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            (
+                json["rule"]["id"].as_str().expect("rule.id").to_owned(),
+                json["event"]["sequence"].as_u64().expect("event.sequence"),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backtest_finds_the_alerts_the_live_rule_found_and_no_others() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path()).await;
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("rules dir");
+    let marker = format!("bt-{}", std::process::id());
+    std::fs::write(rules.join("backtest.yml"), backtest_rule(&marker)).expect("write rule");
+    let live_rules = vigil_detect::RuleSet::load(std::slice::from_ref(&rules)).expect("load rule");
+    let collector = Running::start(dir.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+
+    // 2500 events over several batches (more than one page of the event query): every
+    // 97th runs curl with the marker, others run curl without it or another program with
+    // it. The live path raises what the sensor's matcher raises for each.
+    let mut live = 0;
+    for seq in 1..=5u64 {
+        let mut events = Vec::new();
+        let mut alerts = Vec::new();
+        for n in 0..500u64 {
+            let sequence = seq * 1000 + n;
+            let mut event = alert(&marker).event;
+            event.event.kind = "event".into();
+            event.event.sequence = sequence;
+            let (executable, argument) = match sequence % 97 {
+                0 => ("/usr/bin/curl", format!("{marker}/{sequence}")),
+                1 => ("/usr/bin/wget", format!("{marker}/{sequence}")),
+                _ => ("/usr/bin/curl", format!("https://example.org/{sequence}")),
+            };
+            event.process.executable = executable.into();
+            event.process.command_line = format!("{executable} {argument}");
+            event.process.args = vec![executable.into(), argument];
+            for rule in live_rules.matches(&event) {
+                let mut alerted = event.clone();
+                alerted.event.kind = "alert".into();
+                alerts.push(Alert::new(rule.info().clone(), alerted));
+            }
+            events.push(event);
+        }
+        live += alerts.len();
+        publish_batch(collector.addr, dir.path(), seq, events, alerts).await;
+    }
+    assert!(live >= 20, "the live rule found only {live} alerts");
+
+    let out = run(vigil()
+        .args(operator_flags(collector.addr, dir.path()))
+        .args(["alerts", "--since", "10m", "-o", "json"]))
+    .await;
+    assert!(out.status.success(), "vigil alerts: {}", text(&out.stderr));
+    let stored = matches_of(&text(&out.stdout));
+    assert_eq!(stored.len(), live);
+
+    let out = run(vigil()
+        .args(operator_flags(collector.addr, dir.path()))
+        .args(["rules", "backtest", "--since", "10m", "-o", "json"])
+        .arg(&rules))
+    .await;
+    assert!(
+        out.status.success(),
+        "vigil rules backtest: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(matches_of(&text(&out.stdout)), stored);
+    let summary = text(&out.stderr);
+    assert!(
+        summary.contains("over 2500 events") && summary.contains(&format!("{live} matches")),
+        "{summary}"
+    );
+
+    // History starts at --since: an hour from now there is nothing to match.
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    let out = run(vigil()
+        .args(operator_flags(collector.addr, dir.path()))
+        .args(["rules", "backtest", "-o", "json", "--since", &later])
+        .arg(&rules))
+    .await;
+    assert!(
+        out.status.success(),
+        "vigil rules backtest: {}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
     collector.stop().await;
 }

@@ -9,14 +9,22 @@ use serde::{Deserialize, Serialize};
 use vigil_ops::metrics_endpoint::MetricsConfig;
 use vigil_proto::transport::TlsFiles;
 
+use crate::store::{PostgresUrl, Retention, StoreTarget};
+
 /// Where the collector listens, stores and finds its certificates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorConfig {
     /// UDP address for QUIC. Loopback by default: listening on a public interface is a choice.
     pub listen: SocketAddr,
-    /// The SQLite database file; created, with its schema, when missing.
+    /// The SQLite database file; created, with its schema, when missing. With `store` set it
+    /// still holds the used enrollment tokens.
     pub database: PathBuf,
+    /// A PostgreSQL URL (`postgres://user@host/db`) to store events and alerts there instead
+    /// of in `database`: several collectors can share one.
+    pub store: Option<PostgresUrl>,
+    /// How long events and alerts are kept.
+    pub retention: Retention,
     pub tls: TlsConfig,
     /// Serial numbers of revoked certificates, one per line (`vigil certs revoke` appends).
     /// Re-read when the file changes or on SIGHUP; applies to new and live connections.
@@ -50,6 +58,8 @@ fn default_cert_validity_secs() -> u64 {
 struct CollectorFile {
     listen: SocketAddr,
     database: PathBuf,
+    store: Option<PostgresUrl>,
+    retention: Retention,
     tls: TlsConfig,
     revoked: Option<PathBuf>,
     enroll: Option<EnrollConfig>,
@@ -62,6 +72,8 @@ impl Default for CollectorFile {
         let CollectorConfig {
             listen,
             database,
+            store,
+            retention,
             tls,
             revoked,
             enroll,
@@ -69,6 +81,8 @@ impl Default for CollectorFile {
         Self {
             listen,
             database,
+            store,
+            retention,
             tls,
             revoked,
             enroll,
@@ -83,6 +97,8 @@ impl CollectorFile {
         let CollectorFile {
             listen,
             database,
+            store,
+            retention,
             tls,
             revoked,
             enroll,
@@ -91,6 +107,8 @@ impl CollectorFile {
         let config = CollectorConfig {
             listen,
             database,
+            store,
+            retention,
             tls,
             revoked,
             enroll,
@@ -116,6 +134,8 @@ impl Default for CollectorConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             database: PathBuf::from("/var/lib/vigil/collector.db"),
+            store: None,
+            retention: Retention::default(),
             tls: TlsConfig::default(),
             revoked: None,
             enroll: None,
@@ -167,6 +187,14 @@ pub enum ConfigError {
 }
 
 impl CollectorConfig {
+    /// Where events and alerts go: PostgreSQL when `store` is set, else SQLite at `database`.
+    pub fn store_target(&self) -> StoreTarget {
+        match &self.store {
+            Some(url) => StoreTarget::Postgres(url.clone()),
+            None => StoreTarget::Sqlite(self.database.clone()),
+        }
+    }
+
     /// Reads a YAML config file merged with the drop-ins of its `.conf.d` directory
     /// (`collector.yaml` → `collector.conf.d/*.yaml`, see [`vigil_ops::layered`]); keys left out
     /// keep their defaults.
@@ -280,6 +308,28 @@ mod tests {
         assert_eq!(enroll.cert_validity_secs, 24 * 3600);
         let text = problem("enroll:\n  tokens: /t\n");
         assert!(text.contains("ca_key"), "{text}");
+    }
+
+    #[test]
+    fn store_and_retention_parse_and_bad_values_name_their_key() {
+        let config = CollectorConfig::from_yaml_str(
+            "store: postgres://vigil@db.example.org:5432/vigil\nretention:\n  events: 36h\n",
+        )
+        .expect("valid config");
+        assert!(matches!(config.store_target(), StoreTarget::Postgres(_)));
+        assert_eq!(
+            config.retention.events,
+            std::time::Duration::from_secs(36 * 3600)
+        );
+        assert_eq!(config.retention.alerts, Retention::default().alerts);
+        let text = problem("store: /var/lib/vigil/x.db\n");
+        assert!(text.starts_with("FILE:1:"), "{text}");
+        assert!(text.contains("postgres://"), "{text}");
+        let text = problem("retention:\n  events: soon\n");
+        assert!(text.starts_with("FILE:2:"), "{text}");
+        assert!(text.contains("bad duration"), "{text}");
+        let text = problem("retention:\n  alerts: 0s\n");
+        assert!(text.contains("delete everything"), "{text}");
     }
 
     #[test]

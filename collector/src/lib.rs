@@ -2,7 +2,7 @@
 //!
 //! It owns the collector side of the pipeline: mutually authenticated QUIC ingest (only peers
 //! whose certificate chains to the deployment CA get in, and the certificate's role decides
-//! what they may ask), durable storage in SQLite with per-sensor dedup (a batch is acked only
+//! what they may ask), durable storage (embedded SQLite, or PostgreSQL shared by several collectors) with per-sensor dedup (a batch is acked only
 //! after it is committed), and alert fan-out to subscribed operators with replay from the
 //! store, so `vigil tail` can resume without gaps.
 //!
@@ -11,11 +11,12 @@
 
 pub mod config;
 pub mod enroll;
+pub mod health;
 mod limits;
 pub mod metrics;
 mod reload;
 mod server;
-mod store;
+pub mod store;
 
 pub use config::{CollectorConfig, ConfigError, EnrollConfig, TlsConfig};
 pub use limits::Stats;

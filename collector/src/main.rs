@@ -10,7 +10,7 @@ use vigil_collector::CollectorConfig;
 use vigil_ops::metrics_endpoint::MetricsConfig;
 
 /// Vigil's central server: receives events and alerts from sensors over mutually authenticated
-/// QUIC, stores them in SQLite, and serves alerts to operators (`vigil tail`, `vigil alerts`).
+/// QUIC, stores them in SQLite (or PostgreSQL), and serves alerts to operators (`vigil tail`, `vigil alerts`).
 ///
 /// Settings come from the YAML file given with --config; each flag overrides the file key named
 /// in its help. Keys left out keep the defaults shown.
@@ -26,6 +26,10 @@ struct Args {
     /// SQLite database file, created if missing [key: database] [default: /var/lib/vigil/collector.db]
     #[arg(long, value_name = "FILE")]
     database: Option<PathBuf>,
+    /// PostgreSQL URL to store events and alerts in instead of SQLite, e.g.
+    /// postgres://vigil@db.example.org/vigil [key: store]
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    store: Option<vigil_collector::store::PostgresUrl>,
     /// CA certificate that client certificates must chain to [key: tls.ca] [default: /etc/vigil/ca.pem]
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
@@ -46,6 +50,7 @@ impl Args {
             config,
             listen,
             database,
+            store,
             tls_ca,
             tls_cert,
             tls_key,
@@ -57,11 +62,16 @@ impl Args {
         };
         cfg.listen = listen.unwrap_or(cfg.listen);
         cfg.database = database.unwrap_or(cfg.database);
+        cfg.store = store.or(cfg.store);
         cfg.tls.ca = tls_ca.unwrap_or(cfg.tls.ca);
         cfg.tls.cert = tls_cert.unwrap_or(cfg.tls.cert);
         cfg.tls.key = tls_key.unwrap_or(cfg.tls.key);
         Ok((cfg, metrics))
     }
+}
+
+fn parse_store(text: &str) -> Result<vigil_collector::store::PostgresUrl, String> {
+    vigil_collector::store::PostgresUrl::try_from(text.to_owned())
 }
 
 fn main() -> std::process::ExitCode {

@@ -18,15 +18,15 @@ use tracing::{debug, error, info, warn};
 use vigil_proto::transport::{self, PeerIdentity, Role, TlsFiles, TransportError};
 use vigil_proto::trust::{self, RevocationFileError, RevocationList};
 use vigil_proto::{
-    read_frame, write_frame, AlertQuery, Batch, FrameError, Renew, Reply, Request, StoredAlert,
-    Subscribe, MAX_FRAME_BYTES,
+    read_frame, write_frame, AlertQuery, Batch, EventQuery, FrameError, Renew, Reply, Request,
+    StoredAlert, Subscribe, MAX_FRAME_BYTES,
 };
 
 use crate::config::CollectorConfig;
 use crate::enroll::Enroller;
 use crate::limits::{PeerSlots, RejectLog, Stats, MAX_BATCH_ITEMS};
 use crate::reload::{ReloadHandle, Reloader, WATCH_INTERVAL};
-use crate::store::{Published, Store, StoreError, Writer};
+use crate::store::{self, Closer, Published, Retention, Store, StoreError};
 
 /// Connections served at once; more are refused at once rather than queued.
 const MAX_CONNECTIONS: usize = 1024;
@@ -43,6 +43,9 @@ const REPLAY_PAGE: u32 = 256;
 /// Most alerts one query returns; `vigil alerts` pages by time beyond that.
 const MAX_QUERY_LIMIT: u32 = 10_000;
 
+/// Most events one page holds: events are bounded (argv, paths), so this many fit a frame.
+const MAX_EVENT_PAGE: u32 = 1_000;
+
 /// JSON bytes of alerts per query answer: half a frame, since MessagePack is smaller than JSON.
 const QUERY_BYTE_BUDGET: usize = MAX_FRAME_BYTES / 2;
 
@@ -58,6 +61,9 @@ const CLOSE_REVOKED: VarInt = VarInt::from_u32(3);
 const CLOSE_TOO_MANY: VarInt = VarInt::from_u32(4);
 /// Stream error code: the request could not be decoded; stop sending.
 const STREAM_MALFORMED: VarInt = VarInt::from_u32(1);
+
+/// How often retention and partition upkeep run (also once at start).
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How long shutdown waits for close frames to reach peers.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -87,7 +93,8 @@ pub struct Collector {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     shared: Shared,
-    writer: Writer,
+    closer: Closer,
+    retention: Retention,
     reloader: Reloader,
     reload: ReloadHandle,
 }
@@ -112,6 +119,8 @@ impl Collector {
         let CollectorConfig {
             listen,
             database,
+            store: _,
+            retention,
             tls,
             revoked,
             enroll,
@@ -122,11 +131,8 @@ impl Collector {
             .as_ref()
             .map(|e| Arc::new(Enroller::new(e.clone(), tls.ca.clone(), database.clone())));
         let (alerts, _) = broadcast::channel(FANOUT_CAPACITY);
-        let database = database.clone();
-        let fanout = alerts.clone();
-        let (store, writer) = tokio::task::spawn_blocking(move || Store::open(&database, fanout))
-            .await
-            .map_err(|_| StoreError::TaskFailed)??;
+        let target = config.store_target();
+        let (store, closer) = store::open(&target, alerts.clone()).await?;
         let endpoint =
             quinn::Endpoint::server(server, *listen).map_err(|source| CollectorError::Bind {
                 addr: *listen,
@@ -138,7 +144,7 @@ impl Collector {
                 addr: *listen,
                 source,
             })?;
-        info!(%local_addr, database = %config.database.display(), "listening on {local_addr}");
+        info!(%local_addr, store = %target, "listening on {local_addr}");
         Ok(Self {
             endpoint,
             local_addr,
@@ -151,7 +157,8 @@ impl Collector {
                 revocations: reloader.generation.subscribe(),
                 enroller,
             },
-            writer,
+            closer,
+            retention: *retention,
             reloader,
             reload: ReloadHandle::default(),
         })
@@ -178,10 +185,13 @@ impl Collector {
             endpoint,
             local_addr: _,
             shared,
-            writer,
+            closer,
+            retention,
             mut reloader,
             reload,
         } = self;
+        let maintenance = tokio::spawn(maintain(shared.store.clone(), retention));
+        let silence = tokio::spawn(crate::health::watch_silence(shared.store.clone()));
         let mut watch = tokio::time::interval(WATCH_INTERVAL);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -218,16 +228,15 @@ impl Collector {
         while let Some(done) = connections.join_next().await {
             log_task_end(done);
         }
-        // NB: the writer thread stops once every store handle is gone; the connection tasks
-        // held the others.
+        for task in [maintenance, silence] {
+            task.abort();
+            let _ = task.await;
+        }
+        // NB: the SQLite writer thread stops once every store handle is gone; the connection
+        // tasks held the others.
         drop(shared);
         drop(reloader);
-        if tokio::task::spawn_blocking(move || writer.join())
-            .await
-            .is_err()
-        {
-            error!("storage writer could not be joined");
-        }
+        closer.close().await;
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, endpoint.wait_idle()).await;
         info!("stopped");
         Ok(())
@@ -240,6 +249,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CollectorError> {
     Collector::bind(&config).await?.run(shutdown).await
+}
+
+/// Retention and partition upkeep, now and every [`MAINTENANCE_INTERVAL`]; a failure is
+/// logged and retried next time (ingest does not depend on it).
+async fn maintain(store: Store, retention: Retention) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = store
+            .maintain(vigil_proto::Timestamp::now(), retention)
+            .await
+        {
+            warn!("storage maintenance failed (retried in {MAINTENANCE_INTERVAL:?}): {e}");
+        }
+    }
 }
 
 fn log_task_end(done: Result<(), tokio::task::JoinError>) {
@@ -422,11 +447,45 @@ async fn serve_stream(
         (Request::QueryAlerts(query), Role::Operator) => {
             query_alerts(&shared, &peer, query, &mut send).await
         }
+        (Request::Heartbeat(status), Role::Sensor) => {
+            let reply = match crate::health::heartbeat(&shared.store, &peer.name, status).await {
+                Ok(()) => Reply::StatusRecorded,
+                Err(e) => {
+                    error!(peer = %peer.name, "cannot record the heartbeat of {peer}: {e}");
+                    Reply::Refused {
+                        reason: "the collector could not store the heartbeat".into(),
+                    }
+                }
+            };
+            write_frame(&mut send, &reply)
+                .await
+                .map_err(StreamError::from)
+        }
+        (Request::ListSensors, Role::Operator) => {
+            let reply = match shared.store.sensors().await {
+                Ok(sensors) => Reply::Sensors(sensors),
+                Err(e) => {
+                    error!(peer = %peer.name, "sensor list for {peer} failed: {e}");
+                    Reply::Refused {
+                        reason: "the collector could not read its store".into(),
+                    }
+                }
+            };
+            write_frame(&mut send, &reply)
+                .await
+                .map_err(StreamError::from)
+        }
+        (Request::QueryEvents(query), Role::Operator) => {
+            query_events(&shared, &peer, query, &mut send).await
+        }
         (request, role) => {
             let what = match request {
                 Request::Publish(_) => "publish",
                 Request::Subscribe(_) => "subscribe",
                 Request::QueryAlerts(_) => "query alerts",
+                Request::QueryEvents(_) => "query events",
+                Request::Heartbeat(_) => "send a heartbeat",
+                Request::ListSensors => "list sensors",
                 Request::Renew(_) => "renew a certificate",
                 Request::Stats => "read the collector's stats",
                 Request::Enroll(_) => "enroll on an authenticated connection",
@@ -492,8 +551,15 @@ async fn publish(
 ) -> Result<(), StreamError> {
     let seq = batch.seq;
     let (events, alerts) = (batch.events.len(), batch.alerts.len());
-    let reply = match shared.store.publish(peer.name.clone(), batch).await {
-        Ok(Published::Stored { .. }) => {
+    let reply = match shared
+        .store
+        .publish_measured(peer.name.clone(), batch)
+        .await
+    {
+        // The alert-committed point: these alerts, received by this collector, are durably
+        // stored (subscribers get them from the store's feed, which also carries other
+        // collectors' alerts).
+        Ok(Published::Stored { alerts: _ }) => {
             debug!(peer = %peer.name, seq, events, alerts, "stored batch");
             Reply::Ack { seq }
         }
@@ -526,6 +592,34 @@ async fn query_alerts(
         Ok(alerts) => Reply::Alerts(alerts),
         Err(e) => {
             error!(peer = %peer.name, "alert query from {peer} failed: {e}");
+            Reply::Refused {
+                reason: "the collector could not read its store".into(),
+            }
+        }
+    };
+    Ok(write_frame(send, &reply).await?)
+}
+
+/// One page of stored events (a backtest reads them all, page by page).
+async fn query_events(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    query: EventQuery,
+    send: &mut quinn::SendStream,
+) -> Result<(), StreamError> {
+    let EventQuery {
+        since,
+        after_id,
+        limit,
+    } = query;
+    let reply = match shared
+        .store
+        .events_since(since, after_id, limit.min(MAX_EVENT_PAGE))
+        .await
+    {
+        Ok(events) => Reply::Events(events),
+        Err(e) => {
+            error!(peer = %peer.name, "event query from {peer} failed: {e}");
             Reply::Refused {
                 reason: "the collector could not read its store".into(),
             }

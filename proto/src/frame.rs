@@ -41,6 +41,65 @@ pub enum Request {
     Renew(Renew),
     /// Operator role: the collector's counters, as one [`Reply::Stats`].
     Stats,
+    /// Operator role: a page of stored events, as one [`Reply::Events`] (what `vigil rules
+    /// backtest` runs rules over).
+    QueryEvents(EventQuery),
+    /// Sensor role: how the sensor is doing, sent every `heartbeat_secs`; answered with
+    /// [`Reply::StatusRecorded`]. A sensor silent for three heartbeats raises an alert.
+    Heartbeat(SensorStatus),
+    /// Operator role: every sensor that has sent a heartbeat, as one [`Reply::Sensors`].
+    ListSensors,
+}
+
+/// What a sensor reports about itself. Every field defaults, so fields can be added.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SensorStatus {
+    /// The host's name.
+    pub host: String,
+    /// The sensor's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// A digest of the rule files loaded (changes when any rule changes).
+    pub rules_version: String,
+    /// Rules loaded.
+    pub rules: u32,
+    /// `event:hook` for each attached kernel hook (e.g. `exec:tp_btf/sched_process_exec`).
+    pub hooks: Vec<String>,
+    /// Kernel records received since the sensor started.
+    pub events_total: u64,
+    /// Kernel records lost (ring buffer full) since the sensor started.
+    pub kernel_drops: u64,
+    /// Events and alerts dropped before reaching the collector (spool full, queue full).
+    pub delivery_drops: u64,
+    /// What the spool holds, waiting for acks.
+    pub spool_batches: u64,
+    pub spool_bytes: u64,
+    /// Seconds between heartbeats; the collector calls the sensor silent after three.
+    pub heartbeat_secs: u32,
+}
+
+/// A sensor as the collector knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SensorInfo {
+    /// The sensor's certificate name.
+    pub sensor: String,
+    pub status: SensorStatus,
+    /// When its last heartbeat arrived.
+    pub last_seen: Timestamp,
+    /// Kernel records per second between its last two heartbeats.
+    pub events_per_sec: f64,
+    /// Past its heartbeat window (a "sensor silent" alert was raised).
+    pub silent: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventQuery {
+    /// Events received at or after this time.
+    pub since: Timestamp,
+    /// Only events with a larger id: 0 first, then the last id of the previous page.
+    pub after_id: i64,
+    /// Most events in the page; the collector may return fewer (an empty page is the end).
+    pub limit: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +193,23 @@ pub enum Reply {
     Certificate { cert_pem: String, ca_pem: String },
     /// The answer to [`Request::Stats`].
     Stats(CollectorStats),
+    /// The answer to [`Request::QueryEvents`], in id order.
+    Events(Vec<StoredEvent>),
+    /// The heartbeat is recorded.
+    StatusRecorded,
+    /// The answer to [`Request::ListSensors`], by name.
+    Sensors(Vec<SensorInfo>),
+}
+
+/// An event as the collector stored it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Collector-assigned, increasing: what the next page starts after.
+    pub id: i64,
+    /// The sensor's certificate name, as the collector authenticated it.
+    pub sensor: String,
+    pub received: Timestamp,
+    pub event: Event,
 }
 
 /// An alert as the collector stored it.

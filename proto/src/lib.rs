@@ -21,8 +21,8 @@ pub use event::{
     Response, RuleInfo, Target, UserRef,
 };
 pub use frame::{
-    AlertQuery, Batch, CollectorStats, Enroll, Envelope, Loss, Renew, Reply, Request, StoredAlert,
-    Subscribe,
+    AlertQuery, Batch, CollectorStats, Enroll, Envelope, EventQuery, Loss, Renew, Reply, Request,
+    SensorInfo, SensorStatus, StoredAlert, StoredEvent, Subscribe,
 };
 pub use time::Timestamp;
 

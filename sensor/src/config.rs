@@ -162,12 +162,24 @@ pub enum Output {
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
     pub address: SocketAddr,
+    /// Other collectors sharing the same PostgreSQL store, tried in order when the current one
+    /// is unreachable.
+    #[serde(default)]
+    pub failover: Vec<SocketAddr>,
+    /// Seconds between heartbeats (status reports); the collector raises "sensor silent"
+    /// after three missed ones.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u32,
     /// Name the collector's certificate must carry.
     #[serde(default = "default_server_name")]
     pub server_name: String,
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+fn default_heartbeat_secs() -> u32 {
+    crate::status::DEFAULT_HEARTBEAT_SECS
 }
 
 fn default_server_name() -> String {

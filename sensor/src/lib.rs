@@ -24,6 +24,7 @@ pub mod respond;
 pub mod rules_watch;
 pub mod ship;
 pub mod spool;
+pub mod status;
 pub mod syscalls;
 
 use std::collections::HashMap;
@@ -92,6 +93,7 @@ pub async fn run(
         }
     };
     let ctx = procfs::host_context();
+    let host_name = ctx.host.name.clone();
     let view = procfs::ProcFs::new();
     let seed = view.scan(&ctx);
     let plan = pushdown::plan(&config, &rules.kernel_filter());
@@ -135,17 +137,28 @@ pub async fn run(
         "sensor running"
     );
 
+    let (status_tx, status_rx) = tokio::sync::watch::channel(status::initial(
+        &host_name,
+        rules.len(),
+        status::rules_version(&config.rules),
+        capture.hooks(),
+    ));
     let stats = Arc::new(ShipStats::default());
     let (ship_tx, shipper) = match config.collector.clone() {
         Some(c) => {
             let target = CollectorTarget {
                 address: c.address,
+                failover: c.failover,
                 server_name: c.server_name,
                 tls: vigil_proto::transport::TlsFiles {
                     ca: c.ca,
                     cert: c.cert,
                     key: c.key,
                 },
+                heartbeat: Some(ship::Heartbeat {
+                    every: Duration::from_secs(u64::from(c.heartbeat_secs.max(1))),
+                    status: status_rx,
+                }),
             };
             // Opened before anything runs, so a bad spool directory fails start-up clearly.
             let spool = spool::Spool::open(&config.spool)
@@ -209,6 +222,10 @@ pub async fn run(
                         Err(e) => tracing::error!(error = %e, "updating the kernel prefix filter failed"),
                     }
                     enricher.set_file_prefixes(plan.file_prefixes);
+                    status_tx.send_modify(|s| {
+                        s.rules = u32::try_from(rules.len()).unwrap_or(u32::MAX);
+                        s.rules_version = status::rules_version(&config.rules);
+                    });
                 }
                 continue;
             }
@@ -218,6 +235,7 @@ pub async fn run(
                 }
                 let losses = report_counters(&capture, &mut last_counters, &stats, &mut reported, &metrics);
                 previous_losses.clone_from(&losses);
+                status_tx.send_modify(|s| status::update_counters(s, &last_counters));
                 events.extend(losses.into_iter().map(|(kind, lost)| {
                     enricher.loss_event(decode::kind_name(kind), lost, vigil_proto::Timestamp::now())
                 }));

@@ -11,7 +11,7 @@ use vigil_sensor::config::{CollectorConfig, ExecHook, Output, SensorConfig};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// YAML config file (keys: rules, output, collector{address, server_name, ca, cert, key},
+    /// YAML config file (keys: rules, output, collector{address, failover, server_name, ca, cert, key},
     /// spool{dir, max_bytes, fsync: always|batch|never}, exec_hook).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -24,6 +24,10 @@ struct Args {
     /// Collector address (host:port). Requires --ca, --cert and --key.
     #[arg(long)]
     collector: Option<std::net::SocketAddr>,
+    /// Another collector sharing the first one's PostgreSQL store, tried when the current one
+    /// is unreachable (repeatable) [key: collector.failover]
+    #[arg(long, value_name = "ADDR", requires = "collector")]
+    failover: Vec<std::net::SocketAddr>,
     /// Name the collector's certificate must carry.
     #[arg(long, default_value = "localhost")]
     server_name: String,
@@ -103,6 +107,8 @@ fn build_config(args: Args) -> anyhow::Result<(SensorConfig, Vec<PathBuf>)> {
         };
         config.collector = Some(CollectorConfig {
             address,
+            failover: args.failover,
+            heartbeat_secs: vigil_sensor::status::DEFAULT_HEARTBEAT_SECS,
             server_name: args.server_name,
             ca,
             cert,

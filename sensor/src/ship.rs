@@ -16,9 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use vigil_proto::transport::{self, TlsFiles};
-#[cfg(test)]
 use vigil_proto::Request;
-use vigil_proto::{read_frame, write_frame, Alert, Batch, Event, Reply};
+use vigil_proto::{read_frame, write_frame, Alert, Batch, Event, Reply, SensorStatus};
 
 use crate::spool::{Appended, Class, Spool};
 
@@ -41,8 +40,23 @@ pub enum Outgoing {
 #[derive(Clone, Debug)]
 pub struct CollectorTarget {
     pub address: SocketAddr,
+    /// More collectors of the same deployment (sharing one PostgreSQL store), tried in turn
+    /// when the current one cannot be reached; the collectors' dedup makes a batch resent to
+    /// another collector harmless.
+    pub failover: Vec<SocketAddr>,
     pub server_name: String,
     pub tls: TlsFiles,
+    /// What to report to the collector, and how often; `None` sends no heartbeats.
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// The sensor's periodic report to the collector, which calls the sensor silent when three
+/// in a row are missing.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    pub every: Duration,
+    /// The sensor's latest view of itself; the spool and delivery figures are filled in here.
+    pub status: tokio::sync::watch::Receiver<SensorStatus>,
 }
 
 /// Counters and gauges of delivery, read by the sensor's periodic report.
@@ -134,10 +148,12 @@ pub async fn run(
         stats,
     };
     shared.refresh_gauges(&shared.spool());
+    let heartbeat = target.heartbeat.clone();
     let link = Link {
         endpoint: endpoint.clone(),
         target,
         conn: tokio::sync::Mutex::new(None),
+        preferred: std::sync::atomic::AtomicUsize::new(0),
     };
     let work = async {
         tokio::join!(
@@ -148,6 +164,7 @@ pub async fn run(
     };
     tokio::select! {
         _ = work => {}
+        () = send_heartbeats(&shared, &link, heartbeat) => {}
         () = give_up => tracing::warn!("delivery stopped; the spool keeps the rest for the next run"),
     }
     let mut spool = shared.spool();
@@ -287,6 +304,9 @@ struct Link {
     endpoint: quinn::Endpoint,
     target: CollectorTarget,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    /// Index (into `address` then `failover`) of the collector dialed first: the last one that
+    /// answered, so a working failover is kept rather than abandoned at each reconnect.
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl Link {
@@ -298,19 +318,29 @@ impl Link {
             return c.clone();
         }
         let target = &self.target;
+        let addresses: Vec<SocketAddr> = std::iter::once(target.address)
+            .chain(target.failover.iter().copied())
+            .collect();
         let mut backoff = BACKOFF_MIN;
         loop {
-            match transport::connect(&self.endpoint, target.address, &target.server_name).await {
-                Ok(c) => {
-                    tracing::info!(collector = %target.address, "connected to collector");
-                    *slot = Some(c.clone());
-                    return c;
-                }
-                Err(e) => {
-                    tracing::warn!(collector = %target.address, error = %e, retry_in = ?backoff, "collector unreachable");
-                    sleep_backoff(&mut backoff).await;
+            // One round over every collector, from the preferred one, before backing off.
+            let first = self.preferred.load(Ordering::Relaxed) % addresses.len();
+            for index in (first..addresses.len()).chain(0..first) {
+                let address = addresses[index];
+                match transport::connect(&self.endpoint, address, &target.server_name).await {
+                    Ok(c) => {
+                        tracing::info!(collector = %address, "connected to collector");
+                        self.preferred.store(index, Ordering::Relaxed);
+                        *slot = Some(c.clone());
+                        return c;
+                    }
+                    Err(e) => {
+                        tracing::warn!(collector = %address, error = %e, "collector unreachable");
+                    }
                 }
             }
+            tracing::warn!(collectors = addresses.len(), retry_in = ?backoff, "no collector reachable");
+            sleep_backoff(&mut backoff).await;
         }
     }
 
@@ -320,6 +350,47 @@ impl Link {
         if slot.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
             conn.close(0u32.into(), b"no ack");
             *slot = None;
+        }
+    }
+}
+
+/// Sends a heartbeat every `heartbeat.every` over the lanes' connection; never returns (with
+/// no heartbeat configured it just waits). A failed heartbeat is only logged: the next one
+/// goes out on time, and batches carry on regardless.
+async fn send_heartbeats(shared: &Shared, link: &Link, heartbeat: Option<Heartbeat>) {
+    let Some(Heartbeat { every, status }) = heartbeat else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut report = status.borrow().clone();
+        let stats = &shared.stats;
+        report.spool_batches = stats.spool_batches.load(Ordering::Relaxed);
+        report.spool_bytes = stats.spool_bytes.load(Ordering::Relaxed);
+        report.delivery_drops = stats.events_dropped.load(Ordering::Relaxed)
+            + stats.alerts_dropped.load(Ordering::Relaxed);
+        report.heartbeat_secs = u32::try_from(every.as_secs().max(1)).unwrap_or(u32::MAX);
+        let conn = link.connection().await;
+        let sent = tokio::time::timeout(every.max(Duration::from_secs(1)), async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            write_frame(&mut send, &Request::Heartbeat(report))
+                .await
+                .map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            match read_frame::<_, Reply>(&mut recv, MAX_REPLY_BYTES).await {
+                Ok(Some(Reply::StatusRecorded)) => Ok(()),
+                Ok(Some(Reply::Refused { reason })) => Err(format!("refused: {reason}")),
+                Ok(other) => Err(format!("unexpected reply {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => tracing::debug!(%reason, "heartbeat not recorded"),
+            Err(_) => tracing::debug!("heartbeat timed out"),
         }
     }
 }

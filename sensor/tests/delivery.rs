@@ -86,6 +86,7 @@ impl Setup {
             },
             revoked: None,
             enroll: None,
+            ..Default::default()
         };
         let collector = Collector::bind(&config).await.expect("bind collector");
         let addr = collector.local_addr();
@@ -104,8 +105,10 @@ impl Setup {
     fn target(&self, address: SocketAddr) -> CollectorTarget {
         CollectorTarget {
             address,
+            failover: Vec::new(),
             server_name: "localhost".into(),
             tls: certs::tls_files(&self.dir.path().join("pki"), "sensor-1"),
+            heartbeat: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every tier this machine supports, in order of cost.
 //!
 //! 1. lint: rustfmt and clippy (warnings are errors);
-//! 2. unit, replay, rules and network tests of every crate (no privileges needed);
+//! 2. unit, replay, rules and network tests of every crate (no privileges needed), the storage
+//!    suite against SQLite and a real PostgreSQL server (Debian's `postgresql`, installed here);
 //! 3. dependency audit (cargo-deny, offline RustSec snapshot) and a fuzz smoke (a few seconds
 //!    per libFuzzer target; `cargo xtask fuzz` runs them longer);
 //! 4. kernel, end-to-end and operations tests (`tests/`): real programs, real processes, real
@@ -49,13 +50,25 @@ pub fn run() -> anyhow::Result<()> {
             .env("VIGIL_EBPF_OBJECT", &object),
     )?;
 
+    // The storage suite runs against a real PostgreSQL server as well as SQLite; with the
+    // server installed, a test that cannot start it fails instead of skipping.
+    let postgres = match tools::postgres_bin_dir() {
+        Ok(bin) => Some(bin),
+        Err(e) => {
+            eprintln!("xtask: SKIPPED PostgreSQL storage tests: {e:#}");
+            None
+        }
+    };
     eprintln!("xtask: tier unit/rules/network");
-    exec(
-        Command::new(cargo())
-            .args(["test", "--workspace", "--exclude", "vigil-tests"])
-            .current_dir(&root)
-            .env("VIGIL_EBPF_OBJECT", &object),
-    )?;
+    let mut unit = Command::new(cargo());
+    unit.args(["test", "--workspace", "--exclude", "vigil-tests"])
+        .current_dir(&root)
+        .env("VIGIL_EBPF_OBJECT", &object);
+    if let Some(bin) = &postgres {
+        unit.env("VIGIL_PG_BIN", bin)
+            .env("VIGIL_REQUIRE_POSTGRES", "1");
+    }
+    exec(&mut unit)?;
 
     audit::run()?;
     eprintln!("xtask: tier fuzz smoke: {FUZZ_SMOKE_SECONDS} s per target");

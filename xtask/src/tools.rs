@@ -81,6 +81,52 @@ pub fn debian_tool(program: &str, package: &str) -> anyhow::Result<PathBuf> {
     on_path(program).with_context(|| format!("{package} is installed but {program} is not on PATH"))
 }
 
+/// The directory of Debian's PostgreSQL server binaries (`/usr/lib/postgresql/N/bin`, off
+/// PATH), installing the `postgresql` package if there is none. The storage tests start a
+/// real server from it.
+pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    let newest = || -> Option<PathBuf> {
+        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = entry.path().join("bin");
+                is_executable(&bin.join("initdb")).then_some((version, bin))
+            })
+            .collect();
+        found.sort();
+        found.pop().map(|(_, bin)| bin)
+    };
+    if let Some(bin) = newest() {
+        return Ok(bin);
+    }
+    if !nix::unistd::geteuid().is_root() || on_path("apt-get").is_none() {
+        bail!(
+            "PostgreSQL is missing: install the Debian package postgresql (needs root and apt-get)"
+        );
+    }
+    eprintln!("xtask: installing Debian package postgresql (for the storage tests)");
+    let out = Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "postgresql",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .context("running apt-get")?;
+    if !out.status.success() {
+        bail!(
+            "apt-get install postgresql failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    newest().context("postgresql is installed but /usr/lib/postgresql/*/bin/initdb is not")
+}
+
 fn on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

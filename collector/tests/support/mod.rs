@@ -2,6 +2,8 @@
 //! collector on 127.0.0.1:0, QUIC clients of each role, and sample batches.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod postgres;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,6 +77,7 @@ impl Pki {
             },
             revoked: None,
             enroll: None,
+            ..Default::default()
         }
     }
 }

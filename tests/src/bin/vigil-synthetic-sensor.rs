@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vigil_proto::{Alert, Event, Level, RuleInfo};
+use vigil_proto::{Alert, Event, Level, RuleInfo, SensorStatus};
 use vigil_sensor::config::{Fsync, SpoolConfig};
 use vigil_sensor::ship::{self, CollectorTarget, Outgoing, ShipStats};
 use vigil_sensor::spool::Spool;
@@ -41,6 +41,12 @@ struct Args {
     /// Events per second; 0 for as fast as the queue takes them.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Send a heartbeat this often (seconds); 0 for none.
+    #[arg(long, default_value_t = 0)]
+    heartbeat_secs: u64,
+    /// Kernel drops the heartbeats report.
+    #[arg(long, default_value_t = 0)]
+    kernel_drops: u64,
 }
 
 fn event(n: u64) -> Event {
@@ -89,14 +95,28 @@ async fn main() -> anyhow::Result<()> {
         max_bytes: args.spool_max_bytes,
         fsync: Fsync::Batch,
     })?;
+    // Reported in heartbeats; the producer counts its events in like kernel records.
+    let (status_tx, status_rx) = tokio::sync::watch::channel(SensorStatus {
+        host: "synthetic-host".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        rules_version: "synthetic".into(),
+        hooks: vec!["exec:synthetic".into()],
+        kernel_drops: args.kernel_drops,
+        ..Default::default()
+    });
     let target = CollectorTarget {
         address: args.collector,
+        failover: Vec::new(),
         server_name: "localhost".into(),
         tls: vigil_proto::transport::TlsFiles {
             ca: args.ca.clone(),
             cert: args.cert.clone(),
             key: args.key.clone(),
         },
+        heartbeat: (args.heartbeat_secs > 0).then(|| ship::Heartbeat {
+            every: Duration::from_secs(args.heartbeat_secs),
+            status: status_rx,
+        }),
     };
     let stats = Arc::new(ShipStats::default());
     let (tx, rx) = tokio::sync::mpsc::channel(65_536);
@@ -122,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
                 tx.send(Outgoing::Alert(Box::new(alert(n)))).await?;
             }
             tx.send(Outgoing::Event(Box::new(event(n)))).await?;
+            status_tx.send_modify(|s| s.events_total = i + 1);
             if args.rate > 0 {
                 let due = started + Duration::from_secs_f64((i + 1) as f64 / args.rate as f64);
                 tokio::time::sleep_until(due.into()).await;

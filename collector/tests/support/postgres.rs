@@ -1,0 +1,219 @@
+//! A real PostgreSQL server for the tests: Debian's `postgresql` binaries, `initdb` into a temp
+//! directory, `postgres` on a free loopback port, fast shutdown and removal on drop (also when
+//! the test panics).
+//!
+//! Where the binaries are missing the test says so and skips, unless `VIGIL_REQUIRE_POSTGRES`
+//! is set (`cargo xtask test` installs the package and sets it): then a missing server fails.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use vigil_collector::store::PostgresUrl;
+
+/// How long the server may take to accept connections (initdb is not counted).
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The account the server runs as when the tests run as root (postgres refuses root).
+const UNPRIVILEGED: &str = "nobody";
+
+pub struct PgServer {
+    child: Child,
+    port: u16,
+    /// Dropped after the server stopped (field order is irrelevant: `Drop` stops it first).
+    dir: TempDir,
+}
+
+/// The directory holding `initdb` and `postgres`: `VIGIL_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian puts them there, off PATH).
+fn bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("VIGIL_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+/// uid and gid of `name` from /etc/passwd.
+fn account(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.first() != Some(&name) {
+            return None;
+        }
+        Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl PgServer {
+    /// Starts a server, or returns `None` after printing why it cannot run here.
+    pub fn start() -> Option<PgServer> {
+        let Some(bin) = bin_dir() else {
+            let why = "PostgreSQL is not installed (Debian package `postgresql`; `cargo xtask test` installs it)";
+            if std::env::var_os("VIGIL_REQUIRE_POSTGRES").is_some() {
+                panic!("{why}");
+            }
+            eprintln!("SKIPPED: {why}");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("vigil-pg-")
+            .tempdir()
+            .expect("temp dir for PostgreSQL");
+        let data = dir.path().join("data");
+        // As root, run as nobody: chown the directory it writes (initdb makes `data` itself).
+        let user = if nix::unistd::geteuid().is_root() {
+            let (uid, gid) = account(UNPRIVILEGED)
+                .unwrap_or_else(|| panic!("no `{UNPRIVILEGED}` account to run PostgreSQL as"));
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("chown the PostgreSQL directory");
+            Some((uid, gid))
+        } else {
+            None
+        };
+        let command = |program: &str| {
+            let mut command = Command::new(bin.join(program));
+            if let Some((uid, gid)) = user {
+                command.uid(uid).gid(gid);
+            }
+            // NB: HOME and the working directory must be readable by the server's user.
+            command.current_dir(dir.path()).env("HOME", dir.path());
+            command
+        };
+        let out = command("initdb")
+            .args([
+                "--auth=trust",
+                "--username=vigil",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let child = command("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=100",
+            ])
+            .args(["-p", &port.to_string()])
+            .arg("-k")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.path().join("server.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .spawn()
+            .expect("start postgres");
+        let server = PgServer { child, port, dir };
+        server.wait_ready();
+        Some(server)
+    }
+
+    fn wait_ready(&self) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "PostgreSQL did not listen within {START_DEADLINE:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A new, empty database on this server, as a URL a collector takes.
+    pub async fn database(&self) -> PostgresUrl {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("vigil_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let admin = format!("postgres://vigil@127.0.0.1:{}/postgres", self.port);
+        // The server accepts TCP a moment before it accepts logins: retry until it does.
+        let started = Instant::now();
+        let client = loop {
+            match tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(connection);
+                    break client;
+                }
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < START_DEADLINE,
+                        "cannot log in to PostgreSQL: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        PostgresUrl::try_from(format!("postgres://vigil@127.0.0.1:{}/{name}", self.port))
+            .expect("a valid URL")
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        // SIGINT is PostgreSQL's fast shutdown: it ends every backend and exits.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
