@@ -9,15 +9,17 @@
 //! Tests and embedders use [`Collector::bind`] (port 0 works) and [`Collector::run`]; the
 //! binary calls [`run`].
 
+mod central_rules;
 pub mod config;
 pub mod enroll;
 mod limits;
 pub mod metrics;
+pub mod outputs;
 mod reload;
 mod server;
 mod store;
 
-pub use config::{CollectorConfig, ConfigError, EnrollConfig, TlsConfig};
+pub use config::{CentralRulesConfig, CollectorConfig, ConfigError, EnrollConfig, TlsConfig};
 pub use limits::Stats;
 pub use reload::ReloadHandle;
 pub use server::{run, Collector, CollectorError};

@@ -8,6 +8,7 @@
 mod codec;
 mod event;
 mod frame;
+mod rules;
 mod time;
 #[cfg(feature = "transport")]
 pub mod transport;
@@ -22,6 +23,9 @@ pub use event::{
 pub use frame::{
     AlertQuery, Batch, CollectorStats, Enroll, Envelope, Loss, Renew, Reply, Request, StoredAlert,
     Subscribe,
+};
+pub use rules::{
+    RuleFetch, RulePush, RuleSetShapeError, SignedRuleSet, MAX_RULE_FILES, MAX_RULE_SET_BYTES,
 };
 pub use time::Timestamp;
 

@@ -5,6 +5,7 @@
 //! bounded channel whose drops are counted.
 
 pub mod capture;
+pub mod central_rules;
 pub mod config;
 pub mod decode;
 pub mod describe;
@@ -28,9 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use vigil_detect::RuleSet;
-use vigil_proto::{Alert, Event, EventAction};
+use vigil_proto::{Alert, Event, EventAction, SignedRuleSet};
 
 use crate::capture::{Capture, CaptureOptions, KernelCounters};
 use crate::config::{Output, SensorConfig};
@@ -48,7 +49,16 @@ const FINAL_FLUSH: Duration = Duration::from_secs(3);
 /// Loads the rules, compiling them before anything touches the kernel so a bad rule file fails
 /// start-up cleanly.
 pub fn load_rules(config: &SensorConfig) -> anyhow::Result<RuleSet> {
-    let rules = RuleSet::load(&config.rules).context("loading rules")?;
+    load_rules_with(config, None)
+}
+
+/// The local rules plus, when there is one, the set pushed from the collector.
+fn load_rules_with(
+    config: &SensorConfig,
+    central: Option<&SignedRuleSet>,
+) -> anyhow::Result<RuleSet> {
+    let sources = central.map(central_rules::sources).unwrap_or_default();
+    let rules = RuleSet::load_with_sources(&config.rules, &sources).context("loading rules")?;
     for skipped in rules.unsupported() {
         tracing::debug!(?skipped, "rule not loaded: unsupported log source");
     }
@@ -62,6 +72,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut rules = load_rules(&config)?;
+    // The collector's set in force, if any; kept to recompile with the local rules on SIGHUP.
+    let mut central: Option<Arc<SignedRuleSet>> = None;
     let redactor = redact::Redactor::new(&config.redact).context("redaction patterns")?;
     let mut metrics = SensorMetrics::new()?;
     metrics.rules_loaded(rules.len());
@@ -136,6 +148,38 @@ pub async fn run(
         None => (None, None),
     };
 
+    let rules_state = watch::Sender::new(central_rules::RulesState::default());
+    let (central_tx, mut central_rx) = mpsc::channel::<Arc<SignedRuleSet>>(1);
+    let follower = match config.collector.as_ref().and_then(|c| {
+        c.rules_public_key.map(|key| central_rules::RulesSource {
+            address: c.address,
+            server_name: c.server_name.clone(),
+            tls: vigil_proto::transport::TlsFiles {
+                ca: c.ca.clone(),
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            },
+            key,
+        })
+    }) {
+        Some(source) => {
+            tracing::info!(collector = %source.address, "following the collector's rule set");
+            let refusals = metrics.central_refusals();
+            Some(tokio::spawn(central_rules::follow(
+                source,
+                rules_state.subscribe(),
+                central_tx,
+                move |refusal| {
+                    let reason = match refusal {
+                        central_rules::Refusal::BadSignature { .. } => "bad_signature",
+                        central_rules::Refusal::NotNewer { .. } => "not_newer",
+                    };
+                    refusals.with_label_values(&[reason]).inc();
+                },
+            )))
+        }
+        None => None,
+    };
     let mut reported = Reported::default();
     let mut last_counters = KernelCounters::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -153,7 +197,11 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             () = next_hangup(&mut hangup) => {
-                reload_rules(&config, &mut rules, &metrics);
+                reload_rules(&config, central.as_deref(), &mut rules, &metrics);
+                continue;
+            }
+            Some(set) = central_rx.recv() => {
+                apply_central(&config, &mut rules, &mut central, set, &metrics, &rules_state);
                 continue;
             }
             _ = tick.tick() => {
@@ -218,6 +266,9 @@ pub async fn run(
     }
     for (_, (_, event)) in awaiting_hash.drain() {
         out.event(event);
+    }
+    if let Some(follower) = follower {
+        follower.abort();
     }
     let ship_tx = out.ship.take();
     tracing::info!("stopping: detaching kernel programs");
@@ -322,9 +373,58 @@ async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// Swaps in the rules as the configured paths hold them now, or keeps the running set.
-fn reload_rules(config: &SensorConfig, rules: &mut RuleSet, metrics: &SensorMetrics) {
-    match load_rules(config) {
+/// Compiles the local rules with a verified set from the collector and swaps them in, or
+/// keeps the running rules; either way records what became of the set for the follower.
+fn apply_central(
+    config: &SensorConfig,
+    rules: &mut RuleSet,
+    central: &mut Option<Arc<SignedRuleSet>>,
+    set: Arc<SignedRuleSet>,
+    metrics: &SensorMetrics,
+    state: &watch::Sender<central_rules::RulesState>,
+) {
+    let version = set.version;
+    match load_rules_with(config, Some(&set)) {
+        Ok(fresh) => {
+            tracing::info!(
+                version,
+                rules = fresh.len(),
+                previous = rules.len(),
+                "running the collector's rule set version {version}"
+            );
+            *rules = fresh;
+            *central = Some(set);
+            metrics.rules_loaded(rules.len());
+            metrics.central_rules_version(version);
+            state.send_modify(|s| {
+                s.running = Some(version);
+                s.seen = Some(version);
+            });
+        }
+        Err(e) => {
+            tracing::error!(
+                version,
+                "the collector's rule set version {version} does not load here; keeping the {} running rules: {e:#}",
+                rules.len()
+            );
+            metrics
+                .central_refusals()
+                .with_label_values(&["invalid"])
+                .inc();
+            state.send_modify(|s| s.seen = Some(version));
+        }
+    }
+}
+
+/// Swaps in the rules as the configured paths hold them now (with the collector's set in
+/// force), or keeps the running set.
+fn reload_rules(
+    config: &SensorConfig,
+    central: Option<&SignedRuleSet>,
+    rules: &mut RuleSet,
+    metrics: &SensorMetrics,
+) {
+    match load_rules_with(config, central) {
         Ok(fresh) => {
             tracing::info!(
                 rules = fresh.len(),
