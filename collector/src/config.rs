@@ -286,6 +286,14 @@ mod tests {
         assert!(config.listen.ip().is_loopback(), "{config:?}");
         let metrics = metrics.expect("the shipped config serves metrics");
         assert!(metrics.listen.ip().is_loopback(), "{metrics:?}");
+        let rules = config
+            .rules
+            .expect("the shipped config serves central rules");
+        // Inside the unit's StateDirectory, the only place it may write.
+        assert!(
+            rules.dir.starts_with("/var/lib/vigil/collector"),
+            "{rules:?}"
+        );
     }
 
     #[test]

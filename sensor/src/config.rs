@@ -272,6 +272,7 @@ mod tests {
             "ca:",
             "cert:",
             "key:",
+            "rules_public_key:",
         ] {
             assert!(
                 text.contains(key),
