@@ -9,6 +9,7 @@
 //! pipeline; one that verifies but does not compile beside the local rules is refused by the
 //! pipeline, which keeps the rules it runs.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -211,6 +212,51 @@ async fn sleep_backoff(backoff: &mut Duration) {
     *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }
 
+/// The file, in the spool directory (the sensor's state), keeping the last set run, so that a
+/// sensor restarted while the collector is unreachable still runs it.
+pub fn cache_path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("central-rules.ruleset")
+}
+
+/// The cached set, if there is one and it still verifies against `key` (a file edited on
+/// disk or left from another key is ignored, with a warning).
+pub fn load_cached(path: &Path, key: &RulesPublicKey) -> Option<SignedRuleSet> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "cannot read the cached central rule set: {e}");
+            return None;
+        }
+    };
+    let set: SignedRuleSet = match vigil_proto::decode(&bytes) {
+        Ok(set) => set,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "ignoring the cached central rule set: {e}");
+            return None;
+        }
+    };
+    match verify(key, &set, None) {
+        Ok(()) => Some(set),
+        Err(refusal) => {
+            tracing::error!(path = %path.display(), "ignoring the cached central rule set: {refusal}");
+            None
+        }
+    }
+}
+
+/// Replaces the cache with `set` (temporary file, then rename: never half a file).
+pub fn save_cached(path: &Path, set: &SignedRuleSet) -> std::io::Result<()> {
+    let bytes = vigil_proto::encode(set).map_err(std::io::Error::other)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// The sources a central set adds to the local rules, named so that errors say where a rule
 /// came from (`central v3 web.yml:4:7`).
 pub fn sources(set: &SignedRuleSet) -> Vec<(String, String)> {
@@ -281,6 +327,33 @@ mod tests {
                 seen: 3
             })
         );
+    }
+
+    #[test]
+    fn the_cache_returns_only_what_still_verifies() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = cache_path(dir.path());
+        let key = key_pair();
+        let public = RulesPublicKey(key.public_key().as_ref().try_into().expect("32 bytes"));
+        assert_eq!(load_cached(&path, &public), None, "no cache yet");
+        let set = signed(&key, 4, "title: cached\n");
+        save_cached(&path, &set).expect("save");
+        assert_eq!(load_cached(&path, &public), Some(set));
+        // Edited on disk: the rule text no longer matches its signature.
+        let bytes = std::fs::read(&path).expect("read");
+        let edited = String::from_utf8_lossy(&bytes).replace("cached", "edited");
+        std::fs::write(&path, edited.as_bytes()).expect("write");
+        assert_eq!(load_cached(&path, &public), None);
+        // Another deployment's key.
+        let other = RulesPublicKey(
+            key_pair()
+                .public_key()
+                .as_ref()
+                .try_into()
+                .expect("32 bytes"),
+        );
+        save_cached(&path, &signed(&key, 5, "title: x\n")).expect("save");
+        assert_eq!(load_cached(&path, &other), None);
     }
 
     #[test]

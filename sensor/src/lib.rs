@@ -74,6 +74,31 @@ pub async fn run(
     let mut rules = load_rules(&config)?;
     // The collector's set in force, if any; kept to recompile with the local rules on SIGHUP.
     let mut central: Option<Arc<SignedRuleSet>> = None;
+    let rules_state = watch::Sender::new(central_rules::RulesState::default());
+    let rules_key = config.collector.as_ref().and_then(|c| c.rules_public_key);
+    let rules_cache = central_rules::cache_path(&config.spool.dir);
+    if let Some(cached) = rules_key
+        .as_ref()
+        .and_then(|key| central_rules::load_cached(&rules_cache, key))
+    {
+        // Run what the collector last gave us until it can be asked again.
+        match load_rules_with(&config, Some(&cached)) {
+            Ok(fresh) => {
+                let version = cached.version;
+                tracing::info!(
+                    version,
+                    "running the collector's rule set version {version} (cached)"
+                );
+                rules = fresh;
+                central = Some(Arc::new(cached));
+                rules_state.send_modify(|s| {
+                    s.running = Some(version);
+                    s.seen = Some(version);
+                });
+            }
+            Err(e) => tracing::warn!("the cached central rule set does not load: {e:#}"),
+        }
+    }
     let redactor = redact::Redactor::new(&config.redact).context("redaction patterns")?;
     let mut metrics = SensorMetrics::new()?;
     metrics.rules_loaded(rules.len());
@@ -148,7 +173,9 @@ pub async fn run(
         None => (None, None),
     };
 
-    let rules_state = watch::Sender::new(central_rules::RulesState::default());
+    if let Some(set) = &central {
+        metrics.central_rules_version(set.version);
+    }
     let (central_tx, mut central_rx) = mpsc::channel::<Arc<SignedRuleSet>>(1);
     let follower = match config.collector.as_ref().and_then(|c| {
         c.rules_public_key.map(|key| central_rules::RulesSource {
@@ -201,7 +228,12 @@ pub async fn run(
                 continue;
             }
             Some(set) = central_rx.recv() => {
-                apply_central(&config, &mut rules, &mut central, set, &metrics, &rules_state);
+                let swapped = apply_central(&config, &mut rules, &mut central, set, &metrics, &rules_state);
+                if let Some(set) = central.as_deref().filter(|_| swapped) {
+                    if let Err(e) = central_rules::save_cached(&rules_cache, set) {
+                        tracing::warn!(path = %rules_cache.display(), "cannot cache the central rule set: {e}");
+                    }
+                }
                 continue;
             }
             _ = tick.tick() => {
@@ -373,8 +405,8 @@ async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// Compiles the local rules with a verified set from the collector and swaps them in, or
-/// keeps the running rules; either way records what became of the set for the follower.
+/// Compiles the local rules with a verified set from the collector and swaps them in (true),
+/// or keeps the running rules; either way records what became of the set for the follower.
 fn apply_central(
     config: &SensorConfig,
     rules: &mut RuleSet,
@@ -382,7 +414,7 @@ fn apply_central(
     set: Arc<SignedRuleSet>,
     metrics: &SensorMetrics,
     state: &watch::Sender<central_rules::RulesState>,
-) {
+) -> bool {
     let version = set.version;
     match load_rules_with(config, Some(&set)) {
         Ok(fresh) => {
@@ -400,6 +432,7 @@ fn apply_central(
                 s.running = Some(version);
                 s.seen = Some(version);
             });
+            true
         }
         Err(e) => {
             tracing::error!(
@@ -412,6 +445,7 @@ fn apply_central(
                 .with_label_values(&["invalid"])
                 .inc();
             state.send_modify(|s| s.seen = Some(version));
+            false
         }
     }
 }

@@ -3,6 +3,7 @@
 //! matching the pushed rule raises an alert, beside a local rule that keeps working. Then a
 //! collector without the deployment's signing key (a rogue or mis-set-up one, with a valid TLS
 //! certificate) serves a set: the sensor refuses its signature and keeps running the old set.
+//! Restarted while no collector answers, the sensor runs the set it cached.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -161,6 +162,7 @@ fn a_pushed_rule_set_fires_on_a_running_sensor_and_a_badly_signed_one_is_refused
         .expect("the collector writes its public key");
     let (local_marker, central_marker, rogue_marker) =
         (marker("local"), marker("central"), marker("rogue"));
+    let spool = setup.path("spool").display().to_string();
     let local = setup.rule_dir(
         "local",
         &[(
@@ -172,7 +174,7 @@ fn a_pushed_rule_set_fires_on_a_running_sensor_and_a_badly_signed_one_is_refused
             ),
         )],
     );
-    let sensor = start_sensor(&[
+    let sensor_args = [
         "--rules",
         local.to_str().expect("utf-8"),
         "--collector",
@@ -184,11 +186,11 @@ fn a_pushed_rule_set_fires_on_a_running_sensor_and_a_badly_signed_one_is_refused
         "--key",
         &setup.pem("rules-sensor-key.pem"),
         "--spool-dir",
-        setup.path("spool").to_str().expect("utf-8"),
+        &spool,
         "--rules-public-key",
         public_key.trim(),
-    ]);
-    let mut sensor = sensor;
+    ];
+    let mut sensor = start_sensor(&sensor_args);
     collector.wait_stderr(
         "rules-sensor runs no central rule set yet",
         Duration::from_secs(20),
@@ -269,6 +271,22 @@ fn a_pushed_rule_set_fires_on_a_running_sensor_and_a_badly_signed_one_is_refused
         setup.alert_titles(&rogue_marker).is_empty(),
         "the refused set's rule fired"
     );
-    drop(sensor);
-    drop(rogue);
+
+    // Restarted while no collector answers, the sensor runs the set it cached, and what it
+    // raises reaches the collector once one is back.
+    rogue.terminate(Duration::from_secs(10));
+    sensor.terminate(Duration::from_secs(10));
+    let mut sensor = start_sensor(&sensor_args);
+    sensor.wait_stderr(
+        "running the collector's rule set version 1 (cached)",
+        Duration::from_secs(5),
+    );
+    setup.exec_marked(&central_marker);
+    let (_collector, _) = setup.collector(&address, "rules-a");
+    assert_eq!(
+        setup.wait_alerts(&central_marker, 3, &sensor).len(),
+        3,
+        "the cached set fired after the restart"
+    );
+    sensor.terminate(Duration::from_secs(10));
 }
