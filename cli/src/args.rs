@@ -229,6 +229,15 @@ pub enum RulesCommand {
         #[command(flatten)]
         connection: ConnectionOverrides,
     },
+    /// Send the *.yml / *.yaml files of DIR to the collector (operator certificate), which
+    /// validates them, versions and signs the set, and serves it to every sensor; sensors
+    /// run it beside their local rules without a restart
+    Push {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        connection: ConnectionOverrides,
+    },
 }
 
 #[derive(Debug, Subcommand)]

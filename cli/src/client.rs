@@ -147,6 +147,22 @@ impl Client {
         }
     }
 
+    /// Pushes a rule set (file name → YAML); the version the collector serves it as.
+    pub async fn push_rules(
+        &self,
+        files: std::collections::BTreeMap<String, String>,
+    ) -> Result<u64, ClientError> {
+        let request = Request::PushRules(vigil_proto::RulePush { files });
+        let (_send, mut recv) = self.request(request).await?;
+        match self.reply(&mut recv).await? {
+            Reply::RulesPushed { version } => Ok(version),
+            Reply::Refused { reason } => Err(ClientError::Refused { reason }),
+            _ => Err(ClientError::Unexpected {
+                request: "a rule push",
+            }),
+        }
+    }
+
     /// Stored alerts after `after_id` (none when `None`), then live ones as they arrive.
     pub async fn subscribe(&self, after_id: Option<i64>) -> Result<Subscription, ClientError> {
         let (send, recv) = self

@@ -60,6 +60,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let options = connection.with(overrides).into_options()?;
                 rules_tools::backtest(&files, Timestamp::from(since), output.format(), &options)
             }
+            RulesCommand::Push {
+                dir,
+                connection: overrides,
+            } => {
+                let options = connection.with(overrides).into_options()?;
+                let files = rules_tools::read_rule_dir(&dir)?;
+                let count = files.len();
+                runtime()?.block_on(async {
+                    let client = Client::connect(&options).await?;
+                    let pushed = client.push_rules(files).await;
+                    client.close().await;
+                    let version = pushed?;
+                    println!(
+                        "pushed {count} rule files from {} as rule set version {version}",
+                        dir.display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                })
+            }
         },
         Command::Certs { command } => make_certs(command).map(|()| ExitCode::SUCCESS),
         Command::Alerts {

@@ -2,8 +2,9 @@
 //! and explain per rule what the kernel evaluates (attached event kinds, pushed-down paths,
 //! kill at exec) and what is left to userspace.
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -12,6 +13,44 @@ use vigil_cli::client::{Client, ConnectOptions};
 use vigil_cli::output::{AlertPrinter, Format};
 use vigil_detect::{RuleAction, RuleSet};
 use vigil_proto::{StoredAlert, Timestamp};
+
+/// The rule files directly in `dir` (*.yml, *.yaml; subdirectories are not read), by name,
+/// checked here first so that a bad rule is reported as `DIR/file:line:column` before
+/// anything is sent.
+pub fn read_rule_dir(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read directory {}", dir.display()))?;
+    let mut files = BTreeMap::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot read directory {}", dir.display()))?
+            .path();
+        let is_rule = path.extension().is_some_and(|e| e == "yml" || e == "yaml");
+        if !is_rule || !path.is_file() {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow::anyhow!("{}: the file name is not UTF-8", path.display()))?
+            .to_owned();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        files.insert(name, text);
+    }
+    vigil_proto::SignedRuleSet::check_files(&files)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let sources: Vec<(String, String)> = files
+        .iter()
+        .map(|(name, text)| (dir.join(name).display().to_string(), text.clone()))
+        .collect();
+    let set =
+        RuleSet::load_with_sources::<&Path>(&[], &sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(first) = set.run_embedded_tests().first() {
+        anyhow::bail!("{}: a rule's own test fails: {first}", dir.display());
+    }
+    Ok(files)
+}
 
 fn load(paths: &[PathBuf]) -> anyhow::Result<RuleSet> {
     // The error already reads `path:line:column: reason`.

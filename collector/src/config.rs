@@ -2,6 +2,7 @@
 //! every key has a default and a command-line flag. Unknown keys are errors, so a typo cannot
 //! silently leave a default in force; every error names the file, line, column and key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use vigil_ops::metrics_endpoint::MetricsConfig;
 use vigil_proto::transport::TlsFiles;
 
+use crate::outputs::RouteConfig;
 use crate::store::{PostgresUrl, Retention, StoreTarget};
 
 /// Where the collector listens, stores and finds its certificates.
@@ -31,6 +33,21 @@ pub struct CollectorConfig {
     pub revoked: Option<PathBuf>,
     /// Enrollment of sensors with one-time tokens; absent means the collector signs nothing.
     pub enroll: Option<EnrollConfig>,
+    /// Alert outputs by name: where committed alerts are forwarded (webhook, Slack, syslog,
+    /// file) and which ones. Empty: none.
+    pub outputs: BTreeMap<String, RouteConfig>,
+    /// Rule sets pushed with `vigil rules push` and served to sensors; absent means pushes
+    /// are refused.
+    pub rules: Option<CentralRulesConfig>,
+}
+
+/// Where the collector keeps its rule signing key and the rule set it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralRulesConfig {
+    /// Directory (made, mode 0700, if missing) for `signing.key`, `signing.pub` and
+    /// `current.ruleset`. Collectors sharing sensors must share the key file.
+    pub dir: PathBuf,
 }
 
 /// What the collector needs to sign sensor certificates.
@@ -63,6 +80,8 @@ struct CollectorFile {
     tls: TlsConfig,
     revoked: Option<PathBuf>,
     enroll: Option<EnrollConfig>,
+    outputs: BTreeMap<String, RouteConfig>,
+    rules: Option<CentralRulesConfig>,
     /// The Prometheus scrape endpoint; absent means none.
     metrics: Option<MetricsConfig>,
 }
@@ -77,6 +96,8 @@ impl Default for CollectorFile {
             tls,
             revoked,
             enroll,
+            outputs,
+            rules,
         } = CollectorConfig::default();
         Self {
             listen,
@@ -86,6 +107,8 @@ impl Default for CollectorFile {
             tls,
             revoked,
             enroll,
+            outputs,
+            rules,
             metrics: None,
         }
     }
@@ -102,6 +125,8 @@ impl CollectorFile {
             tls,
             revoked,
             enroll,
+            outputs,
+            rules,
             metrics,
         } = self;
         let config = CollectorConfig {
@@ -112,6 +137,8 @@ impl CollectorFile {
             tls,
             revoked,
             enroll,
+            outputs,
+            rules,
         };
         (config, metrics)
     }
@@ -139,6 +166,8 @@ impl Default for CollectorConfig {
             tls: TlsConfig::default(),
             revoked: None,
             enroll: None,
+            outputs: BTreeMap::new(),
+            rules: None,
         }
     }
 }
@@ -284,6 +313,14 @@ mod tests {
         assert!(config.listen.ip().is_loopback(), "{config:?}");
         let metrics = metrics.expect("the shipped config serves metrics");
         assert!(metrics.listen.ip().is_loopback(), "{metrics:?}");
+        let rules = config
+            .rules
+            .expect("the shipped config serves central rules");
+        // Inside the unit's StateDirectory, the only place it may write.
+        assert!(
+            rules.dir.starts_with("/var/lib/vigil/collector"),
+            "{rules:?}"
+        );
     }
 
     #[test]
@@ -308,6 +345,87 @@ mod tests {
         assert_eq!(enroll.cert_validity_secs, 24 * 3600);
         let text = problem("enroll:\n  tokens: /t\n");
         assert!(text.contains("ca_key"), "{text}");
+    }
+
+    /// The commented example of every `outputs:` key in the shipped file, uncommented.
+    fn shipped_outputs_example() -> String {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/etc/collector.yaml");
+        let text = std::fs::read_to_string(shipped).expect("shipped config");
+        let start = text.find("# outputs:").expect("an outputs example");
+        text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_documented_outputs_example_parses() {
+        use crate::outputs::config::{Destination, SyslogAddress, WebhookFormat};
+        let config = CollectorConfig::from_yaml_str(&shipped_outputs_example())
+            .unwrap_or_else(|e| panic!("{e}\n{}", shipped_outputs_example()));
+        let names: Vec<&str> = config.outputs.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "archive",
+                "falcosidekick",
+                "ops-slack",
+                "siem-syslog",
+                "soc-webhook"
+            ]
+        );
+        let soc = &config.outputs["soc-webhook"];
+        assert_eq!(soc.filter.min_severity, Some(vigil_proto::Level::High));
+        assert_eq!(soc.retry.max, std::time::Duration::from_secs(60));
+        assert!(
+            matches!(&config.outputs["falcosidekick"].to, Destination::Webhook(w) if w.format == WebhookFormat::Falco)
+        );
+        assert!(
+            matches!(&config.outputs["siem-syslog"].to, Destination::Syslog(s) if s.address == SyslogAddress::Tcp("siem.example.org:601".into()))
+        );
+    }
+
+    #[test]
+    fn output_errors_name_file_line_and_key() {
+        for (yaml, line, needle) in [
+            (
+                "outputs:\n  x:\n    to:\n      webhook: {url: 'ftp://h/'}\n",
+                4,
+                "outputs.x.to.webhook.url",
+            ),
+            ("outputs:\n  x:\n    to: {pager: {}}\n", 3, "pager"),
+            (
+                "outputs:\n  x:\n    to: {syslog: {address: 'tcp://host'}}\n",
+                3,
+                "HOST:PORT",
+            ),
+            (
+                "outputs:\n  x:\n    to: {syslog: {address: 'udp://h:514', facility: locl0}}\n",
+                3,
+                "unknown facility",
+            ),
+            (
+                "outputs:\n  x:\n    to: {file: {path: /a}}\n    retry: {max: soon}\n",
+                4,
+                "bad duration",
+            ),
+            (
+                "outputs:\n  x:\n    to: {file: {path: /a}}\n    queue: 0\n",
+                4,
+                "queue",
+            ),
+            (
+                "outputs:\n  x:\n    to: {file: {path: /a}}\n    filter: {min_severity: urgent}\n",
+                4,
+                "min_severity",
+            ),
+        ] {
+            let text = problem(yaml);
+            assert!(text.starts_with(&format!("FILE:{line}:")), "{yaml}: {text}");
+            assert!(text.contains(needle), "{yaml}: {text}");
+        }
     }
 
     #[test]

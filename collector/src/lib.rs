@@ -9,16 +9,18 @@
 //! Tests and embedders use [`Collector::bind`] (port 0 works) and [`Collector::run`]; the
 //! binary calls [`run`].
 
+mod central_rules;
 pub mod config;
 pub mod enroll;
 pub mod health;
 mod limits;
 pub mod metrics;
+pub mod outputs;
 mod reload;
 mod server;
 pub mod store;
 
-pub use config::{CollectorConfig, ConfigError, EnrollConfig, TlsConfig};
+pub use config::{CentralRulesConfig, CollectorConfig, ConfigError, EnrollConfig, TlsConfig};
 pub use limits::Stats;
 pub use reload::ReloadHandle;
 pub use server::{run, Collector, CollectorError};

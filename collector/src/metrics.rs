@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use vigil_ops::metrics_endpoint::{EndpointError, MetricsConfig, MetricsEndpoint, RunningEndpoint};
 
 /// A sensor that published within this window counts as connected.
@@ -25,6 +25,17 @@ pub struct CollectorMetrics {
     batches: IntCounterVec,
     store_seconds: Histogram,
     sensors: ActiveSensors,
+    outputs: OutputMetrics,
+    rules_version: IntGauge,
+    sensor_rules_version: IntGaugeVec,
+}
+
+/// Per alert output (label `output`: the route's name in collector.yaml).
+struct OutputMetrics {
+    delivered: IntCounterVec,
+    failed: IntCounterVec,
+    dropped: IntCounterVec,
+    queued: IntGaugeVec,
 }
 
 /// The process's metrics; `None` only if registering them failed (a programming error that is
@@ -69,6 +80,53 @@ impl CollectorMetrics {
             ]),
         )?;
         let sensors = ActiveSensors::new()?;
+        let outputs = OutputMetrics {
+            delivered: IntCounterVec::new(
+                Opts::new(
+                    "vigil_collector_output_delivered_total",
+                    "Alerts delivered, by output.",
+                ),
+                &["output"],
+            )?,
+            failed: IntCounterVec::new(
+                Opts::new(
+                    "vigil_collector_output_failures_total",
+                    "Failed delivery attempts (each retried with backoff), by output.",
+                ),
+                &["output"],
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "vigil_collector_output_dropped_total",
+                    "Alerts dropped from a full output queue (still in the store), by output.",
+                ),
+                &["output"],
+            )?,
+            queued: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_collector_output_queued",
+                    "Alerts waiting for delivery, by output.",
+                ),
+                &["output"],
+            )?,
+        };
+        registry.register(Box::new(outputs.delivered.clone()))?;
+        registry.register(Box::new(outputs.failed.clone()))?;
+        registry.register(Box::new(outputs.dropped.clone()))?;
+        registry.register(Box::new(outputs.queued.clone()))?;
+        let rules_version = IntGauge::new(
+            "vigil_collector_rules_version",
+            "Version of the central rule set being served (0: none pushed).",
+        )?;
+        let sensor_rules_version = IntGaugeVec::new(
+            Opts::new(
+                "vigil_collector_sensor_rules_version",
+                "Central rule set version each sensor last reported running (0: none).",
+            ),
+            &["sensor"],
+        )?;
+        registry.register(Box::new(rules_version.clone()))?;
+        registry.register(Box::new(sensor_rules_version.clone()))?;
         registry.register(Box::new(ingested.clone()))?;
         registry.register(Box::new(batches.clone()))?;
         registry.register(Box::new(store_seconds.clone()))?;
@@ -82,7 +140,54 @@ impl CollectorMetrics {
             batches,
             store_seconds,
             sensors,
+            outputs,
+            rules_version,
+            sensor_rules_version,
         })
+    }
+
+    pub fn central_rules_version(&self, version: u64) {
+        self.rules_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    pub fn sensor_rules_version(&self, sensor: &str, version: Option<u64>) {
+        self.sensor_rules_version
+            .with_label_values(&[sensor])
+            .set(version.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)));
+    }
+
+    /// Makes every series of output `name` visible (at zero) from the start.
+    pub fn output_registered(&self, name: &str) {
+        let OutputMetrics {
+            delivered,
+            failed,
+            dropped,
+            queued,
+        } = &self.outputs;
+        delivered.with_label_values(&[name]);
+        failed.with_label_values(&[name]);
+        dropped.with_label_values(&[name]);
+        queued.with_label_values(&[name]);
+    }
+
+    pub fn output_delivered(&self, name: &str) {
+        self.outputs.delivered.with_label_values(&[name]).inc();
+    }
+
+    pub fn output_failed(&self, name: &str) {
+        self.outputs.failed.with_label_values(&[name]).inc();
+    }
+
+    pub fn output_dropped(&self, name: &str) {
+        self.outputs.dropped.with_label_values(&[name]).inc();
+    }
+
+    pub fn output_queued(&self, name: &str, len: usize) {
+        self.outputs
+            .queued
+            .with_label_values(&[name])
+            .set(i64::try_from(len).unwrap_or(i64::MAX));
     }
 
     pub fn registry(&self) -> Registry {

@@ -6,6 +6,7 @@
 //! fall behind (a bounded broadcast; a subscriber that lags catches up from the store instead
 //! of holding ingest back).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,20 +20,23 @@ use vigil_proto::transport::{self, PeerIdentity, Role, TlsFiles, TransportError}
 use vigil_proto::trust::{self, RevocationFileError, RevocationList};
 use vigil_proto::{
     read_frame, write_frame, AlertQuery, Batch, EventQuery, FrameError, Renew, Reply, Request,
-    StoredAlert, Subscribe, MAX_FRAME_BYTES,
+    RuleFetch, RulePush, StoredAlert, Subscribe, MAX_FRAME_BYTES,
 };
 
+use crate::central_rules::{CentralRules, CentralRulesError};
 use crate::config::CollectorConfig;
 use crate::enroll::Enroller;
 use crate::limits::{PeerSlots, RejectLog, Stats, MAX_BATCH_ITEMS};
+use crate::outputs::{Outputs, RouteConfig};
 use crate::reload::{ReloadHandle, Reloader, WATCH_INTERVAL};
 use crate::store::{self, Closer, Published, Retention, Store, StoreError};
 
 /// Connections served at once; more are refused at once rather than queued.
 const MAX_CONNECTIONS: usize = 1024;
 
-/// Operators send small requests; a larger one is refused before it is buffered.
-const OPERATOR_REQUEST_BYTES: usize = 64 * 1024;
+/// Operators send small requests, but for a rule set push; a larger one is refused before
+/// it is buffered.
+const OPERATOR_REQUEST_BYTES: usize = vigil_proto::MAX_RULE_SET_BYTES + 64 * 1024;
 
 /// Live alerts buffered per subscriber before it counts as lagging.
 const FANOUT_CAPACITY: usize = 1024;
@@ -86,6 +90,9 @@ pub enum CollectorError {
     /// The revocation list could not be read at start-up.
     #[error(transparent)]
     Revocation(#[from] RevocationFileError),
+    /// The rules state directory or signing key is unusable.
+    #[error(transparent)]
+    CentralRules(#[from] CentralRulesError),
 }
 
 /// A bound collector: learn its address with [`Collector::local_addr`], then [`Collector::run`].
@@ -97,6 +104,11 @@ pub struct Collector {
     retention: Retention,
     reloader: Reloader,
     reload: ReloadHandle,
+    /// Routes and their feed of committed alerts, started by [`Collector::run`].
+    outputs: (
+        BTreeMap<String, RouteConfig>,
+        broadcast::Receiver<StoredAlert>,
+    ),
 }
 
 /// What every connection task needs.
@@ -110,6 +122,8 @@ pub(crate) struct Shared {
     revocations: watch::Receiver<u64>,
     /// `None` when the config has no `enroll` section: enrollment and renewal are refused.
     pub(crate) enroller: Option<Arc<Enroller>>,
+    /// `None` when the config has no `rules` section: pushes are refused, fetches wait.
+    rules: Option<Arc<CentralRules>>,
 }
 
 impl Collector {
@@ -124,13 +138,23 @@ impl Collector {
             tls,
             revoked,
             enroll,
+            outputs,
+            rules,
         } = config;
         let reloader = Reloader::new(TlsFiles::from(tls), revoked.clone())?;
         let server = transport::server_config(&TlsFiles::from(tls), reloader.revoked.clone())?;
         let enroller = enroll
             .as_ref()
             .map(|e| Arc::new(Enroller::new(e.clone(), tls.ca.clone(), database.clone())));
-        let (alerts, _) = broadcast::channel(FANOUT_CAPACITY);
+        let (alerts, to_outputs) = broadcast::channel(FANOUT_CAPACITY);
+        let rules = match rules.clone() {
+            Some(rules) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || CentralRules::open(&rules))
+                    .await
+                    .map_err(|_| StoreError::TaskFailed)??,
+            )),
+            None => None,
+        };
         let target = config.store_target();
         let (store, closer) = store::open(&target, alerts.clone()).await?;
         let endpoint =
@@ -156,11 +180,13 @@ impl Collector {
                 revoked: reloader.revoked.clone(),
                 revocations: reloader.generation.subscribe(),
                 enroller,
+                rules,
             },
             closer,
             retention: *retention,
             reloader,
             reload: ReloadHandle::default(),
+            outputs: (outputs.clone(), to_outputs),
         })
     }
 
@@ -189,9 +215,11 @@ impl Collector {
             retention,
             mut reloader,
             reload,
+            outputs: (routes, to_outputs),
         } = self;
         let maintenance = tokio::spawn(maintain(shared.store.clone(), retention));
         let silence = tokio::spawn(crate::health::watch_silence(shared.store.clone()));
+        let outputs = Outputs::start(&routes, to_outputs, shared.store.clone());
         let mut watch = tokio::time::interval(WATCH_INTERVAL);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -233,7 +261,8 @@ impl Collector {
             let _ = task.await;
         }
         // NB: the SQLite writer thread stops once every store handle is gone; the connection
-        // tasks held the others.
+        // tasks and the outputs held the others.
+        outputs.stop().await;
         drop(shared);
         drop(reloader);
         closer.close().await;
@@ -478,6 +507,12 @@ async fn serve_stream(
         (Request::QueryEvents(query), Role::Operator) => {
             query_events(&shared, &peer, query, &mut send).await
         }
+        (Request::PushRules(push), Role::Operator) => {
+            push_rules(&shared, &peer, push, &mut send).await
+        }
+        (Request::FetchRules(fetch), Role::Sensor) => {
+            fetch_rules(&shared, &peer, fetch, &mut send).await
+        }
         (request, role) => {
             let what = match request {
                 Request::Publish(_) => "publish",
@@ -489,6 +524,8 @@ async fn serve_stream(
                 Request::Renew(_) => "renew a certificate",
                 Request::Stats => "read the collector's stats",
                 Request::Enroll(_) => "enroll on an authenticated connection",
+                Request::PushRules(_) => "push rules",
+                Request::FetchRules(_) => "fetch rules",
                 _ => "make this request",
             };
             shared.stats.refused_request();
@@ -575,6 +612,53 @@ async fn publish(
         }
     };
     Ok(write_frame(send, &reply).await?)
+}
+
+async fn push_rules(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    push: RulePush,
+    send: &mut quinn::SendStream,
+) -> Result<(), StreamError> {
+    let RulePush { files } = push;
+    let reply = match &shared.rules {
+        None => Reply::Refused {
+            reason: "this collector serves no rules (no `rules` config)".into(),
+        },
+        Some(rules) => match rules.push(files).await {
+            Ok(version) => {
+                info!(peer = %peer.name, version, "{peer} pushed central rule set version {version}");
+                Reply::RulesPushed { version }
+            }
+            Err(e) => {
+                warn!(peer = %peer.name, "refused a rule set from {peer}: {e}");
+                Reply::Refused {
+                    reason: e.to_string(),
+                }
+            }
+        },
+    };
+    Ok(write_frame(send, &reply).await?)
+}
+
+/// Answers once a newer central rule set than the sensor has seen is served; until then the
+/// stream stays open (a long poll), ending early if the sensor goes away.
+async fn fetch_rules(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    fetch: RuleFetch,
+    send: &mut quinn::SendStream,
+) -> Result<(), StreamError> {
+    let Some(rules) = shared.rules.clone() else {
+        let reason = "this collector serves no rules (no `rules` config)".to_owned();
+        return Ok(write_frame(send, &Reply::Refused { reason }).await?);
+    };
+    let set = tokio::select! {
+        set = rules.next_for(&peer.name, &fetch) => set,
+        _ = send.stopped() => return Ok(()),
+    };
+    debug!(peer = %peer.name, version = set.version, "sending central rule set version {} to {peer}", set.version);
+    Ok(write_frame(send, &Reply::Rules((*set).clone())).await?)
 }
 
 async fn query_alerts(

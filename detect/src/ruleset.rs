@@ -38,6 +38,16 @@ impl RuleSet {
     /// the same on every host. Symbolic links to directories are not followed (no loops);
     /// a file given explicitly is read whatever its extension. The first error aborts.
     pub fn load<P: AsRef<Path>>(paths: &[P]) -> Result<RuleSet, RuleError> {
+        Self::load_with_sources(paths, &[])
+    }
+
+    /// Like [`RuleSet::load`], then rule texts that are not files (a set pushed from the
+    /// collector), each as (origin for errors, YAML text), after the files and in the order
+    /// given. Ids must be unique across both.
+    pub fn load_with_sources<P: AsRef<Path>>(
+        paths: &[P],
+        sources: &[(String, String)],
+    ) -> Result<RuleSet, RuleError> {
         let mut files = Vec::new();
         for path in paths {
             collect_files(path.as_ref(), true, &mut files)?;
@@ -49,6 +59,9 @@ impl RuleSet {
                 source,
             })?;
             set.add_source(&text, &file.display().to_string())?;
+        }
+        for (origin, text) in sources {
+            set.add_source(text, origin)?;
         }
         set.resolve_correlations()?;
         set.build_index();

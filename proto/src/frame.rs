@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Alert, Event, Timestamp, PROTOCOL_VERSION};
+use crate::{Alert, Event, RuleFetch, RulePush, SignedRuleSet, Timestamp, PROTOCOL_VERSION};
 
 /// Every frame on the wire is wrapped in a versioned envelope.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +41,12 @@ pub enum Request {
     Renew(Renew),
     /// Operator role: the collector's counters, as one [`Reply::Stats`].
     Stats,
+    /// Operator role: validate, version and sign a rule set and serve it to sensors;
+    /// answered with [`Reply::RulesPushed`].
+    PushRules(RulePush),
+    /// Sensor role: the central rule set, once there is one newer than the sensor has seen;
+    /// answered with [`Reply::Rules`] (the stream stays open until then).
+    FetchRules(RuleFetch),
     /// Operator role: a page of stored events, as one [`Reply::Events`] (what `vigil rules
     /// backtest` runs rules over).
     QueryEvents(EventQuery),
@@ -193,6 +199,10 @@ pub enum Reply {
     Certificate { cert_pem: String, ca_pem: String },
     /// The answer to [`Request::Stats`].
     Stats(CollectorStats),
+    /// The pushed set is stored and served as this version.
+    RulesPushed { version: u64 },
+    /// The central rule set, signed by the collector.
+    Rules(SignedRuleSet),
     /// The answer to [`Request::QueryEvents`], in id order.
     Events(Vec<StoredEvent>),
     /// The heartbeat is recorded.

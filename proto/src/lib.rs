@@ -8,6 +8,7 @@
 mod codec;
 mod event;
 mod frame;
+mod rules;
 mod time;
 #[cfg(feature = "transport")]
 pub mod transport;
@@ -23,6 +24,9 @@ pub use event::{
 pub use frame::{
     AlertQuery, Batch, CollectorStats, Enroll, Envelope, EventQuery, Loss, Renew, Reply, Request,
     SensorInfo, SensorStatus, StoredAlert, StoredEvent, Subscribe,
+};
+pub use rules::{
+    RuleFetch, RulePush, RuleSetShapeError, SignedRuleSet, MAX_RULE_FILES, MAX_RULE_SET_BYTES,
 };
 pub use time::Timestamp;
 

@@ -176,6 +176,11 @@ pub struct CollectorConfig {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The collector's rule-signing public key (64 hex digits: `signing.pub` in its rules
+    /// directory). Set, the sensor runs the rule set pushed to the collector (`vigil rules
+    /// push`) beside its local rules, after checking this signature; absent, local rules only.
+    #[serde(default)]
+    pub rules_public_key: Option<crate::central_rules::RulesPublicKey>,
 }
 
 fn default_heartbeat_secs() -> u32 {
@@ -308,6 +313,7 @@ mod tests {
             "ca:",
             "cert:",
             "key:",
+            "rules_public_key:",
         ] {
             assert!(
                 text.contains(key),

@@ -6,6 +6,7 @@
 
 pub mod alerting;
 pub mod capture;
+pub mod central_rules;
 pub mod config;
 pub mod decode;
 pub mod describe;
@@ -35,9 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use vigil_detect::RuleSet;
-use vigil_proto::{Alert, Event, EventAction};
+use vigil_proto::{Alert, Event, EventAction, SignedRuleSet};
 
 use crate::capture::{Capture, CaptureOptions, KernelCounters};
 use crate::config::{Output, SensorConfig};
@@ -55,7 +56,16 @@ const FINAL_FLUSH: Duration = Duration::from_secs(3);
 /// Loads the rules, compiling them before anything touches the kernel so a bad rule file fails
 /// start-up cleanly.
 pub fn load_rules(config: &SensorConfig) -> anyhow::Result<RuleSet> {
-    let rules = RuleSet::load(&config.rules).context("loading rules")?;
+    load_rules_with(config, None)
+}
+
+/// The local rules plus, when there is one, the set pushed from the collector.
+fn load_rules_with(
+    config: &SensorConfig,
+    central: Option<&SignedRuleSet>,
+) -> anyhow::Result<RuleSet> {
+    let sources = central.map(central_rules::sources).unwrap_or_default();
+    let rules = RuleSet::load_with_sources(&config.rules, &sources).context("loading rules")?;
     for skipped in rules.unsupported() {
         tracing::debug!(?skipped, "rule not loaded: unsupported log source");
     }
@@ -69,6 +79,33 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut rules = load_rules(&config)?;
+    // The collector's set in force, if any; kept to recompile with the local rules on SIGHUP.
+    let mut central: Option<Arc<SignedRuleSet>> = None;
+    let rules_state = watch::Sender::new(central_rules::RulesState::default());
+    let rules_key = config.collector.as_ref().and_then(|c| c.rules_public_key);
+    let rules_cache = central_rules::cache_path(&config.spool.dir);
+    if let Some(cached) = rules_key
+        .as_ref()
+        .and_then(|key| central_rules::load_cached(&rules_cache, key))
+    {
+        // Run what the collector last gave us until it can be asked again.
+        match load_rules_with(&config, Some(&cached)) {
+            Ok(fresh) => {
+                let version = cached.version;
+                tracing::info!(
+                    version,
+                    "running the collector's rule set version {version} (cached)"
+                );
+                rules = fresh;
+                central = Some(Arc::new(cached));
+                rules_state.send_modify(|s| {
+                    s.running = Some(version);
+                    s.seen = Some(version);
+                });
+            }
+            Err(e) => tracing::warn!("the cached central rule set does not load: {e:#}"),
+        }
+    }
     let redactor = redact::Redactor::new(&config.redact).context("redaction patterns")?;
     let mut metrics = SensorMetrics::new()?;
     metrics.rules_loaded(rules.len());
@@ -178,6 +215,40 @@ pub async fn run(
         None => (None, None),
     };
 
+    if let Some(set) = &central {
+        metrics.central_rules_version(set.version);
+    }
+    let (central_tx, mut central_rx) = mpsc::channel::<Arc<SignedRuleSet>>(1);
+    let follower = match config.collector.as_ref().and_then(|c| {
+        c.rules_public_key.map(|key| central_rules::RulesSource {
+            address: c.address,
+            server_name: c.server_name.clone(),
+            tls: vigil_proto::transport::TlsFiles {
+                ca: c.ca.clone(),
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            },
+            key,
+        })
+    }) {
+        Some(source) => {
+            tracing::info!(collector = %source.address, "following the collector's rule set");
+            let refusals = metrics.central_refusals();
+            Some(tokio::spawn(central_rules::follow(
+                source,
+                rules_state.subscribe(),
+                central_tx,
+                move |refusal| {
+                    let reason = match refusal {
+                        central_rules::Refusal::BadSignature { .. } => "bad_signature",
+                        central_rules::Refusal::NotNewer { .. } => "not_newer",
+                    };
+                    refusals.with_label_values(&[reason]).inc();
+                },
+            )))
+        }
+        None => None,
+    };
     let mut reported = Reported::default();
     let mut last_counters = KernelCounters::default();
     // Losses the last tick reported: alerts until the next tick carry them.
@@ -203,29 +274,25 @@ pub async fn run(
                     () = next_rule_change(&mut rule_watcher) => "rule files changed",
                 }
             } => {
-                if let Some(summaries) = reload_rules(&config, &mut rules, &mut alerter, &metrics, trigger) {
+                if let Some(summaries) = reload_rules(&config, central.as_deref(), &mut rules, &mut alerter, &metrics, trigger) {
                     for alert in summaries {
                         emit_alert(alert, &redactor, &metrics, &mut out);
                     }
-                    if let Err(e) = apply_kill_paths(&mut capture, &rules) {
-                        tracing::error!("{e:#}: kills of the new rules run from userspace");
+                    adopt_rules(&config, &rules, actions.as_ref(), &mut capture, &mut enricher, &status_tx);
+                }
+                continue;
+            }
+            Some(set) = central_rx.recv() => {
+                if let Some(summaries) = apply_central(&config, &mut rules, &mut alerter, &mut central, set, &metrics, &rules_state) {
+                    for alert in summaries {
+                        emit_alert(alert, &redactor, &metrics, &mut out);
                     }
-                    let plan = pushdown::plan(&config, &rules.kernel_filter());
-                    if plan.actions != actions {
-                        tracing::warn!("the reloaded rules read other event kinds: restart the sensor to attach or detach their hooks");
+                    adopt_rules(&config, &rules, actions.as_ref(), &mut capture, &mut enricher, &status_tx);
+                    if let Some(set) = central.as_deref() {
+                        if let Err(e) = central_rules::save_cached(&rules_cache, set) {
+                            tracing::warn!(path = %rules_cache.display(), "cannot cache the central rule set: {e}");
+                        }
                     }
-                    for note in &plan.notes {
-                        tracing::info!("kernel filter: {note}");
-                    }
-                    match capture.set_file_prefixes(plan.file_prefixes.as_deref()) {
-                        Ok(()) => tracing::info!(prefixes = ?plan.file_prefixes, "kernel prefix filter updated"),
-                        Err(e) => tracing::error!(error = %e, "updating the kernel prefix filter failed"),
-                    }
-                    enricher.set_file_prefixes(plan.file_prefixes);
-                    status_tx.send_modify(|s| {
-                        s.rules = u32::try_from(rules.len()).unwrap_or(u32::MAX);
-                        s.rules_version = status::rules_version(&config.rules);
-                    });
                 }
                 continue;
             }
@@ -320,6 +387,9 @@ pub async fn run(
     }
     for (_, (_, event)) in awaiting_hash.drain() {
         out.event(event);
+    }
+    if let Some(follower) = follower {
+        follower.abort();
     }
     let ship_tx = out.ship.take();
     tracing::info!("stopping: detaching kernel programs");
@@ -464,17 +534,97 @@ async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// Swaps in the rules as the configured paths hold them now, or keeps the running set.
-/// On a swap, returns the summaries of the dedup windows the old set had open; `None` when
-/// the running set stays.
+/// Compiles the local rules with a verified set from the collector and swaps them in,
+/// returning the summaries of the dedup windows the old set had open; or keeps the running
+/// rules (`None`). Either way records what became of the set for the follower.
+fn apply_central(
+    config: &SensorConfig,
+    rules: &mut RuleSet,
+    alerter: &mut alerting::Alerter,
+    central: &mut Option<Arc<SignedRuleSet>>,
+    set: Arc<SignedRuleSet>,
+    metrics: &SensorMetrics,
+    state: &watch::Sender<central_rules::RulesState>,
+) -> Option<Vec<Alert>> {
+    let version = set.version;
+    match load_rules_with(config, Some(&set)) {
+        Ok(fresh) => {
+            tracing::info!(
+                version,
+                rules = fresh.len(),
+                previous = rules.len(),
+                "running the collector's rule set version {version}"
+            );
+            let summaries = alerter.replace_rules(rules);
+            *rules = fresh;
+            *central = Some(set);
+            metrics.rules_loaded(rules.len());
+            metrics.central_rules_version(version);
+            state.send_modify(|s| {
+                s.running = Some(version);
+                s.seen = Some(version);
+            });
+            Some(summaries)
+        }
+        Err(e) => {
+            tracing::error!(
+                version,
+                "the collector's rule set version {version} does not load here; keeping the {} running rules: {e:#}",
+                rules.len()
+            );
+            metrics
+                .central_refusals()
+                .with_label_values(&["invalid"])
+                .inc();
+            state.send_modify(|s| s.seen = Some(version));
+            None
+        }
+    }
+}
+
+/// Brings the kernel side in line with a newly swapped-in rule set: kill paths, the path
+/// prefix filter, and what the sensor reports about its rules.
+fn adopt_rules<V: enrich::SystemView>(
+    config: &SensorConfig,
+    rules: &RuleSet,
+    attached: Option<&std::collections::HashSet<EventAction>>,
+    capture: &mut Capture,
+    enricher: &mut Enricher<V>,
+    status_tx: &watch::Sender<vigil_proto::SensorStatus>,
+) {
+    if let Err(e) = apply_kill_paths(capture, rules) {
+        tracing::error!("{e:#}: kills of the new rules run from userspace");
+    }
+    let plan = pushdown::plan(config, &rules.kernel_filter());
+    if plan.actions.as_ref() != attached {
+        tracing::warn!("the reloaded rules read other event kinds: restart the sensor to attach or detach their hooks");
+    }
+    for note in &plan.notes {
+        tracing::info!("kernel filter: {note}");
+    }
+    match capture.set_file_prefixes(plan.file_prefixes.as_deref()) {
+        Ok(()) => tracing::info!(prefixes = ?plan.file_prefixes, "kernel prefix filter updated"),
+        Err(e) => tracing::error!(error = %e, "updating the kernel prefix filter failed"),
+    }
+    enricher.set_file_prefixes(plan.file_prefixes);
+    status_tx.send_modify(|s| {
+        s.rules = u32::try_from(rules.len()).unwrap_or(u32::MAX);
+        s.rules_version = status::rules_version(&config.rules);
+    });
+}
+
+/// Swaps in the rules as the configured paths hold them now (with the collector's set in
+/// force), or keeps the running set. On a swap, returns the summaries of the dedup windows the
+/// old set had open; `None` when the running set stays.
 fn reload_rules(
     config: &SensorConfig,
+    central: Option<&SignedRuleSet>,
     rules: &mut RuleSet,
     alerter: &mut alerting::Alerter,
     metrics: &SensorMetrics,
     trigger: &str,
 ) -> Option<Vec<Alert>> {
-    match load_rules(config) {
+    match load_rules_with(config, central) {
         Ok(fresh) => {
             tracing::info!(
                 rules = fresh.len(),

@@ -40,6 +40,10 @@ struct Args {
     /// This sensor's private key (PEM).
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Run the rule set pushed to the collector, signed by this Ed25519 public key (64 hex
+    /// digits, the collector's signing.pub). Replaces `collector.rules_public_key`.
+    #[arg(long, value_name = "HEX", requires = "collector")]
+    rules_public_key: Option<vigil_sensor::central_rules::RulesPublicKey>,
     /// Exec hook: auto (BTF tracepoint, else the plain tracepoint), btf, or tracepoint.
     #[arg(long, value_enum)]
     exec_hook: Option<ExecHook>,
@@ -105,6 +109,7 @@ fn build_config(args: Args) -> anyhow::Result<(SensorConfig, Vec<PathBuf>)> {
         let Some(ca) = args.ca else {
             anyhow::bail!("--collector needs --ca");
         };
+        let from_file = config.collector.as_ref().and_then(|c| c.rules_public_key);
         config.collector = Some(CollectorConfig {
             address,
             failover: args.failover,
@@ -113,6 +118,7 @@ fn build_config(args: Args) -> anyhow::Result<(SensorConfig, Vec<PathBuf>)> {
             ca,
             cert,
             key,
+            rules_public_key: args.rules_public_key.or(from_file),
         });
     }
     Ok((config, files))

@@ -24,6 +24,8 @@ pub struct SensorMetrics {
     rule_hits: IntCounterVec,
     rules_loaded: IntGauge,
     rule_reloads: IntCounterVec,
+    central_rules_version: IntGauge,
+    central_refusals: IntCounterVec,
     batches_acked: IntCounter,
     hooks: IntGaugeVec,
 }
@@ -64,6 +66,23 @@ impl SensorMetrics {
             ),
             &["result"],
         )?;
+        let central_rules_version = IntGauge::new(
+            "vigil_sensor_central_rules_version",
+            "Version of the collector's rule set in force (0: none).",
+        )?;
+        let central_refusals = IntCounterVec::new(
+            Opts::new(
+                "vigil_sensor_central_rules_refused_total",
+                "Rule sets from the collector not run, by reason (bad_signature, not_newer, \
+                 invalid); the running rules stayed.",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["bad_signature", "not_newer", "invalid"] {
+            central_refusals.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(central_rules_version.clone()))?;
+        registry.register(Box::new(central_refusals.clone()))?;
         let batches_acked = IntCounter::new(
             "vigil_sensor_batches_acked_total",
             "Batches the collector acknowledged as stored.",
@@ -99,6 +118,8 @@ impl SensorMetrics {
             rule_hits,
             rules_loaded,
             rule_reloads,
+            central_rules_version,
+            central_refusals,
             batches_acked,
         })
     }
@@ -140,6 +161,16 @@ impl SensorMetrics {
     pub fn rule_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.rule_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn central_rules_version(&self, version: u64) {
+        self.central_rules_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    /// The refusal counter, cloned for the rule follower's task.
+    pub fn central_refusals(&self) -> IntCounterVec {
+        self.central_refusals.clone()
     }
 
     /// `total` is the shipper's running count; only its growth is added.
