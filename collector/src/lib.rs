@@ -21,4 +21,4 @@ pub use config::{CollectorConfig, ConfigError, EnrollConfig, TlsConfig};
 pub use limits::Stats;
 pub use reload::ReloadHandle;
 pub use server::{run, Collector, CollectorError};
-pub use store::StoreError;
+pub use store::{Published, Store, StoreError, Writer};
