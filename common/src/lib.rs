@@ -177,6 +177,9 @@ pub const SYSCALL_STR_CAP: usize = 256;
 pub const SOCKADDR_CAP: usize = 32;
 /// Bytes of a path compared against the watched prefixes in the kernel.
 pub const PREFIX_KEY_LEN: usize = 64;
+/// Entries of the per-syscall spec array, indexed by syscall number (x86_64 and aarch64
+/// numbers are below 512).
+pub const SPEC_SLOTS: u32 = 512;
 
 /// Flags of [`SyscallRecord::flags`].
 pub mod syscall_flags {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::trace_point::TracePointLink;
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -262,9 +262,10 @@ fn load_prefixes(ebpf: &mut Ebpf, prefixes: &[String]) -> Result<(), CaptureErro
             source: Box::new(source),
         })?;
     for prefix in prefixes {
-        // Longer prefixes are cut to the key length: the kernel then over-approximates and
-        // userspace checks the whole path.
-        let bytes = &prefix.as_bytes()[..prefix.len().min(PREFIX_KEY_LEN)];
+        // Longer prefixes are cut to what a key holds of a path (the kernel's string read keeps
+        // a byte for the NUL): the kernel then over-approximates and userspace checks the
+        // whole path.
+        let bytes = &prefix.as_bytes()[..prefix.len().min(PREFIX_KEY_LEN - 1)];
         let mut data = [0u8; PREFIX_KEY_LEN];
         data[..bytes.len()].copy_from_slice(bytes);
         let key = Key::new((bytes.len() * 8) as u32, data);
@@ -285,14 +286,14 @@ fn attach_syscalls(ebpf: &mut Ebpf) -> Result<(HookChoice, Vec<TracePointLink>),
         let map = ebpf
             .map_mut("SPECS")
             .ok_or(CaptureError::MissingProgram { program: "SPECS" })?;
-        let mut specs: AyaHashMap<_, u32, SyscallSpec> =
-            AyaHashMap::try_from(map).map_err(|source| CaptureError::Map {
+        let mut specs: Array<_, SyscallSpec> =
+            Array::try_from(map).map_err(|source| CaptureError::Map {
                 map: "SPECS",
                 source: Box::new(source),
             })?;
         for captured in &table {
             specs
-                .insert(captured.nr as u32, captured.spec, 0)
+                .set(captured.nr as u32, captured.spec, 0)
                 .map_err(|source| CaptureError::Map {
                     map: "SPECS",
                     source: Box::new(source),
