@@ -127,7 +127,14 @@ pub struct Enricher<V> {
     /// Watched prefixes for file events: the kernel filters absolute paths, this filters the
     /// relative ones once resolved. `None`: every path.
     file_prefixes: Option<Vec<String>>,
+    /// Container of each cgroup seen, by the kernel's cgroup id: reading /proc/PID/cgroup for
+    /// every event was three syscalls and a parse per event. A cgroup id names one cgroup
+    /// (its directory's inode) for as long as it exists, so its container never changes.
+    containers: HashMap<u64, Option<Container>>,
 }
+
+/// Cgroups remembered before the container cache starts over (a host has far fewer live).
+const CONTAINER_CACHE: usize = 4096;
 
 impl<V: SystemView> Enricher<V> {
     pub fn new(ctx: HostContext, view: V) -> Self {
@@ -137,6 +144,7 @@ impl<V: SystemView> Enricher<V> {
             table: HashMap::new(),
             sequence: 0,
             file_prefixes: None,
+            containers: HashMap::new(),
         }
     }
 
@@ -371,6 +379,23 @@ impl<V: SystemView> Enricher<V> {
         event
     }
 
+    /// The container `subject` runs in, from the cache by cgroup id, else from /proc (only a
+    /// successful read is remembered: a process already gone says nothing of its cgroup).
+    fn container(&mut self, subject: &Subject) -> Option<Container> {
+        if let Some(known) = self.containers.get(&subject.cgroup_id) {
+            return known.clone();
+        }
+        let path = self.view.cgroup_path(subject.tgid)?;
+        let container = container_id(&path).map(|id| Container { id });
+        if subject.cgroup_id != 0 {
+            if self.containers.len() >= CONTAINER_CACHE {
+                self.containers.clear();
+            }
+            self.containers.insert(subject.cgroup_id, container.clone());
+        }
+        container
+    }
+
     fn event(&mut self, action: EventAction, subject: &Subject, info: &ProcessInfo) -> Event {
         self.sequence += 1;
         let parent = self
@@ -386,11 +411,7 @@ impl<V: SystemView> Enricher<V> {
                     })
                 })
             });
-        let container = self
-            .view
-            .cgroup_path(subject.tgid)
-            .and_then(|path| container_id(&path))
-            .map(|id| Container { id });
+        let container = self.container(subject);
         let user = |id: u32| UserRef {
             id,
             name: self.view.user_name(id),
