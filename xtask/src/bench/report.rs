@@ -111,7 +111,7 @@ pub(super) fn to_table(metrics: &[Metric], plan: &Plan, took: Duration) -> Strin
         "B-D: release collector (SQLite) + sensor shipping every event over QUIC, 100 rules, file prefix = the bench directory only. \
 B: open/close generator doubling its rate, a step is lossless when no sensor drop counter moved and sensor and collector saw every open (lossless = generator max: the generator, one thread of a debug build, was the limit); \
 raw drain = the same kernel programs drained by a consumer that only counts. C: open of a file a rule names -> line printed by `vigil tail -o json`. \
-D: CPU = sum of the sensor's threads' schedstat over the step and its settling second; per event = less the CPU it spent at the same time without the generator (the rest of the host), total = all of it, per generated event. F: 512-event batches one at a time, as the sensor's lane sends them."
+D: CPU = sum of the sensor's threads' schedstat over the step and its settling second, per generated event: total = all of it (the goal's figure; it includes the sensor's work for the rest of the host), less host background = minus its CPU rate in an idle window just before (noisy: the host's load moves by the second). F: 512-event batches one at a time, as the sensor's lane sends them."
     );
     t
 }

@@ -577,26 +577,28 @@ fn cpu_and_rss(plan: StackPlan, stack: &mut Stack, files: &Files) -> anyhow::Res
         let total_us_per_event = cpu as f64 / events as f64 / 1_000.0;
         let kib = rss_kib(pid)?;
         rss.push(kib);
+        // The goal is judged on the total: the background estimate is taken on a host whose
+        // load changes by the second and can only flatter the figure.
         metrics.push(Metric {
-            name: format!("D sensor CPU at {rate:.0} ev/s (total, incl. host)"),
+            name: format!("D sensor CPU at {rate:.0} ev/s (total)"),
             baseline: None,
             treatment: total_us_per_event,
+            ratio: None,
+            unit: "us/event",
+            drops: Some(after.drops - before.drops),
+            goal: "<= 2 us/event".into(),
+            met: total_us_per_event <= 2.0,
+            pair_ratios: Vec::new(),
+        });
+        metrics.push(Metric {
+            name: format!("D sensor CPU at {rate:.0} ev/s (less host background)"),
+            baseline: None,
+            treatment: us_per_event,
             ratio: None,
             unit: "us/event",
             drops: None,
             goal: "reported".into(),
             met: true,
-            pair_ratios: Vec::new(),
-        });
-        metrics.push(Metric {
-            name: format!("D sensor CPU at {rate:.0} ev/s (per event)"),
-            baseline: None,
-            treatment: us_per_event,
-            ratio: None,
-            unit: "us/event",
-            drops: Some(after.drops - before.drops),
-            goal: "<= 2 us/event".into(),
-            met: us_per_event <= 2.0,
             pair_ratios: Vec::new(),
         });
         metrics.push(Metric {
