@@ -187,6 +187,10 @@ pub const PREFIX_KEY_LEN: usize = 64;
 /// largest key). An exact path is stored with its NUL, so it fits in `KILL_PATH_LEN - 1`.
 pub const KILL_PATH_LEN: usize = 256;
 
+/// Entries of the per-syscall spec array, indexed by syscall number (x86_64 and aarch64
+/// numbers are below 512).
+pub const SPEC_SLOTS: u32 = 512;
+
 /// Flags of [`SyscallRecord::flags`].
 pub mod syscall_flags {
     pub const STR0_TRUNCATED: u32 = 1;

@@ -19,8 +19,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, bpf_send_signal,
     },
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{lpm_trie::Key, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     EbpfContext, Global,
 };
@@ -74,10 +75,23 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
 #[map]
 static SENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
 
+/// 1 while the consumer polls the ring buffers on its own clock, 0 (the initial value) while
+/// it sleeps until woken; written by the sensor, read by every emit. A wakeup costs the
+/// producing task an interrupt and a scheduler wakeup, and the consumer a context switch,
+/// per record when the consumer keeps up: while it polls, records are written without one;
+/// while it sleeps, every record wakes it at once (forced, so a record written just as it
+/// went to sleep is never left waiting behind records that did not wake it).
+#[map]
+static POLLING: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Outputs a record to a lane, counting it as sent or lost.
 #[inline(always)]
 pub(crate) fn emit<T: ?Sized>(lane: &RingBuf, record: &T, record_kind: u32) {
-    if lane.output::<T>(record, 0).is_ok() {
+    let flags = match POLLING.get(0) {
+        Some(&1) => BPF_RB_NO_WAKEUP,
+        _ => BPF_RB_FORCE_WAKEUP,
+    };
+    if lane.output::<T>(record, u64::from(flags)).is_ok() {
         bump(&SENT, record_kind);
     } else {
         bump(&LOST, record_kind);

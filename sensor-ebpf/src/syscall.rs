@@ -14,12 +14,13 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
     programs::TracePointContext,
+    EbpfContext,
 };
 use vigil_common::{
     spec_flags, syscall_flags, SyscallRecord, SyscallSpec, PREFIX_KEY_LEN, SOCKADDR_CAP,
-    SYSCALL_STR_CAP,
+    SPEC_SLOTS, SYSCALL_STR_CAP,
 };
 
 use crate::{bump, emit, fill_header, is_sensor, task::Task, BULK, CONFIG, EVENTS, FAULTS};
@@ -31,9 +32,30 @@ pub struct Pending {
     data: [u8; 2 * SYSCALL_STR_CAP],
 }
 
-/// What to capture per syscall number (filled by the loader).
+/// What to capture per syscall number (filled by the loader; `kind` 0: not captured). An
+/// array indexed by number rather than a hash map: the verifier inlines an array lookup into
+/// a bounds check and an add, where a hash lookup hashes and walks a bucket on every enter
+/// and every exit of every attached syscall.
 #[map]
-static SPECS: HashMap<u32, SyscallSpec> = HashMap::with_max_entries(512, 0);
+static SPECS: Array<SyscallSpec> = Array::with_max_entries(SPEC_SLOTS, 0);
+
+/// The spec of syscall `nr`, if it is captured.
+#[inline(always)]
+fn spec_of(nr: u32) -> Option<SyscallSpec> {
+    let spec = *SPECS.get(nr)?;
+    (spec.kind != 0).then_some(spec)
+}
+
+/// A field of the tracepoint record. NB: a direct load, not `bpf_probe_read`: the verifier
+/// allows tracepoint programs plain reads of their context at constant, size-aligned offsets
+/// of at least 8, and a helper call per field was a measurable part of every event. Only for
+/// offsets inside every attached record (`__syscall_nr` at 8, `ret` at 16): attaching fails
+/// for a tracepoint whose record is shorter than the furthest direct read.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: callers pass constant offsets inside the sys_enter/sys_exit record layouts.
+    unsafe { *(ctx.as_ptr() as *const u8).add(offset).cast::<T>() }
+}
 
 /// Watched path prefixes (value unused). Longest-prefix match on the first bytes of a path.
 #[map]
@@ -77,10 +99,9 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     if is_sensor((pid_tgid >> 32) as u32) {
         return None;
     }
-    // SAFETY: offset 8 is `__syscall_nr` in every sys_enter_* format.
-    let nr = unsafe { ctx.read_at::<i32>(8) }.ok()? as u32;
-    // SAFETY: map values are only read here.
-    let spec = *unsafe { SPECS.get(&nr) }?;
+    // Offset 8 is `__syscall_nr` in every sys_enter_* format.
+    let nr = field::<i32>(ctx, 8) as u32;
+    let spec = spec_of(nr)?;
     let pending = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     let record = &mut pending.record;
     record.nr = nr;
@@ -91,10 +112,13 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     record.small = [0; 16];
     record.sock_type = 0;
     record.sock_protocol = 0;
-    for i in 0..6 {
-        // SAFETY: args are u64 slots from offset 16 in every sys_enter_* format.
-        record.args[i] = unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0);
-    }
+    // Args are u64 slots from offset 16 in every sys_enter_* format, as many as the syscall
+    // has. NB: one probe read of all six, not direct loads: the kernel refuses to attach a
+    // program whose direct context reads reach past the tracepoint's record (EACCES from
+    // bpf_link_create), and most syscalls have fewer than six arguments. Slots past the
+    // record read as whatever follows it; no spec names them.
+    // SAFETY: a probe read of the tracepoint buffer.
+    record.args = unsafe { ctx.read_at::<[u64; 6]>(16) }.unwrap_or([0; 6]);
     if let Some(arg) = arg(&record.args, spec.filter_arg) {
         let keep = if spec.flags & spec_flags::FILTER_EQ != 0 {
             arg == spec.filter_value
@@ -113,9 +137,15 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
         }
     }
 
+    let path_arg = arg(&record.args, spec.str_args[0]);
+    if let Some(ptr) = path_arg {
+        if spec.flags & spec_flags::PREFIX_FILTER != 0 && !watched_user(ptr) {
+            return None;
+        }
+    }
     let (first, second) = pending.data.split_at_mut(SYSCALL_STR_CAP);
     let mut len0 = 0usize;
-    if let Some(ptr) = arg(&record.args, spec.str_args[0]) {
+    if let Some(ptr) = path_arg {
         // SAFETY: a probe read of the caller's memory into a bounded buffer.
         match unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, first) } {
             Ok(bytes) => {
@@ -125,9 +155,6 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
                 }
             }
             Err(_) => record.flags |= syscall_flags::STR_UNREADABLE,
-        }
-        if spec.flags & spec_flags::PREFIX_FILTER != 0 && !watched(first) {
-            return None;
         }
     }
     let len0 = len0.min(SYSCALL_STR_CAP) & (SYSCALL_STR_CAP * 2 - 1);
@@ -199,8 +226,8 @@ pub(crate) fn read_sockaddr(record: &mut SyscallRecord, ptr: u64, len: u64) {
     }
 }
 
-/// True when the path is relative (resolved and filtered in userspace) or starts with a
-/// watched prefix.
+/// True when `path` (NUL-terminated or filling the slice) is relative (resolved and
+/// filtered in userspace) or starts with a watched prefix.
 #[inline(always)]
 pub(crate) fn watched(path: &[u8]) -> bool {
     if CONFIG.load().prefix_filter == 0 {
@@ -229,6 +256,31 @@ pub(crate) fn watched(path: &[u8]) -> bool {
     PREFIXES.get(&*key).is_some()
 }
 
+/// [`watched`] for the path at `ptr` in the caller's memory, also true when it is unreadable
+/// (userspace reports it so). Reads at most the key's length straight into the trie key,
+/// before the full path is copied: an open of an unwatched path costs one short read and one
+/// trie lookup, and no copy of the whole path.
+#[inline(always)]
+fn watched_user(ptr: u64) -> bool {
+    if CONFIG.load().prefix_filter == 0 {
+        return true;
+    }
+    let Some(key) = PREFIX_SCRATCH.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: the per-CPU slot is ours for this program run.
+    let key = unsafe { &mut *key };
+    // SAFETY: a probe read of the caller's memory into a bounded buffer.
+    let len = match unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut key.data) } {
+        Ok(path) if path.first() == Some(&b'/') => path.len(),
+        _ => return true,
+    };
+    // NB: the read keeps room for the NUL, so a key holds at most PREFIX_KEY_LEN - 1 path
+    // bytes; the loader cuts longer prefixes to that (userspace then checks whole paths).
+    key.prefix_len = (len * 8) as u32;
+    PREFIXES.get(&*key).is_some()
+}
+
 #[tracepoint]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
     let _ = try_exit(&ctx);
@@ -237,8 +289,8 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
-    // SAFETY: offset 16 is `ret` in every sys_exit_* format.
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    // Offset 16 is `ret` in every sys_exit_* format.
+    let ret = field::<i64>(ctx, 16);
     complete(bpf_get_current_pid_tgid() as u32, ret)
 }
 
@@ -256,9 +308,7 @@ fn complete(tid: u32, ret: i64) -> Option<()> {
     // SAFETY: the entry is this thread's own; no other program touches it concurrently.
     let pending = unsafe { &mut *pending };
     let _ = PENDING.remove(&tid);
-    let nr = pending.record.nr;
-    // SAFETY: map values are only read here.
-    let spec = *unsafe { SPECS.get(&nr) }?;
+    let spec = spec_of(pending.record.nr)?;
     pending.record.ret = ret;
     if spec.flags & spec_flags::ADDR_AT_EXIT != 0 && pending.record.ret >= 0 {
         let args = &pending.record.args;

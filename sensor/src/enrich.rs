@@ -136,11 +136,17 @@ pub struct Enricher<V> {
     /// Files the kernel reported opened, per tgid by fd: names the file of an io_uring request
     /// when the process is already gone from /proc. Forgotten at exit; bounded.
     open_files: HashMap<u32, HashMap<i32, String>>,
+    /// Container of each cgroup seen, by the kernel's cgroup id: reading /proc/PID/cgroup for
+    /// every event was three syscalls and a parse per event. A cgroup id names one cgroup
+    /// (its directory's inode) for as long as it exists, so its container never changes.
+    containers: HashMap<u64, Option<Container>>,
 }
 
 /// Open files remembered per process, and processes with remembered files, at most.
 const OPEN_FILES_PER_PROCESS: usize = 256;
 const OPEN_FILES_PROCESSES: usize = 8192;
+/// Cgroups remembered before the container cache starts over (a host has far fewer live).
+const CONTAINER_CACHE: usize = 4096;
 
 impl<V: SystemView> Enricher<V> {
     pub fn new(ctx: HostContext, view: V) -> Self {
@@ -152,6 +158,7 @@ impl<V: SystemView> Enricher<V> {
             file_prefixes: None,
             names: ResolvedNames::default(),
             open_files: HashMap::new(),
+            containers: HashMap::new(),
         }
     }
 
@@ -443,6 +450,23 @@ impl<V: SystemView> Enricher<V> {
         event
     }
 
+    /// The container `subject` runs in, from the cache by cgroup id, else from /proc (only a
+    /// successful read is remembered: a process already gone says nothing of its cgroup).
+    fn container(&mut self, subject: &Subject) -> Option<Container> {
+        if let Some(known) = self.containers.get(&subject.cgroup_id) {
+            return known.clone();
+        }
+        let path = self.view.cgroup_path(subject.tgid)?;
+        let container = container_id(&path).map(|id| Container { id });
+        if subject.cgroup_id != 0 {
+            if self.containers.len() >= CONTAINER_CACHE {
+                self.containers.clear();
+            }
+            self.containers.insert(subject.cgroup_id, container.clone());
+        }
+        container
+    }
+
     fn event(&mut self, action: EventAction, subject: &Subject, info: &ProcessInfo) -> Event {
         self.sequence += 1;
         let parent = self
@@ -458,11 +482,7 @@ impl<V: SystemView> Enricher<V> {
                     })
                 })
             });
-        let container = self
-            .view
-            .cgroup_path(subject.tgid)
-            .and_then(|path| container_id(&path))
-            .map(|id| Container { id });
+        let container = self.container(subject);
         let user = |id: u32| UserRef {
             id,
             name: self.view.user_name(id),
