@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use support::{event, Peer, Pki, Running};
 use tokio::sync::broadcast;
-use vigil_collector::Store;
+use vigil_collector::store::{self, StoreTarget};
 use vigil_proto::{Batch, Reply, Request};
 
 /// The sensor's `MAX_BATCH_EVENTS`.
@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (alerts, _) = broadcast::channel(16);
     let path = dir.path().join("direct.db");
-    let (store, writer) = tokio::task::spawn_blocking(move || Store::open(&path, alerts)).await??;
+    let (store, closer) = store::open(&StoreTarget::Sqlite(path), alerts).await?;
     let work = batches(count, 1);
     let started = Instant::now();
     for batch in work {
@@ -77,6 +77,6 @@ async fn main() -> anyhow::Result<()> {
     }
     report("direct", rows, started);
     drop(store);
-    tokio::task::spawn_blocking(move || writer.join()).await?;
+    closer.close().await;
     Ok(())
 }

@@ -24,4 +24,4 @@ pub use config::{CentralRulesConfig, CollectorConfig, ConfigError, EnrollConfig,
 pub use limits::Stats;
 pub use reload::ReloadHandle;
 pub use server::{run, Collector, CollectorError};
-pub use store::{Published, Store, StoreError, Writer};
+pub use store::{Published, Store, StoreError};
