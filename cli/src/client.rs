@@ -172,6 +172,7 @@ impl Client {
             conn: self.conn.clone(),
             _send: send,
             recv,
+            started_after: None,
         })
     }
 
@@ -206,19 +207,33 @@ pub struct Subscription {
     // Kept so the stream stays open in both directions for as long as we listen.
     _send: quinn::SendStream,
     recv: quinn::RecvStream,
+    started_after: Option<i64>,
 }
 
 impl Subscription {
     /// The next alert; `Ok(None)` when the collector ended the subscription.
     pub async fn next(&mut self) -> Result<Option<StoredAlert>, ClientError> {
-        match read_reply(&self.conn, &mut self.recv).await? {
-            None => Ok(None),
-            Some(Reply::Alert(alert)) => Ok(Some(alert)),
-            Some(Reply::Refused { reason }) => Err(ClientError::Refused { reason }),
-            Some(_) => Err(ClientError::Unexpected {
-                request: "a subscription",
-            }),
+        loop {
+            return match read_reply(&self.conn, &mut self.recv).await? {
+                None => Ok(None),
+                Some(Reply::Subscribed { after_id }) => {
+                    tracing::info!(after_id, "following alerts stored after id {after_id}");
+                    self.started_after = Some(after_id);
+                    continue;
+                }
+                Some(Reply::Alert(alert)) => Ok(Some(alert)),
+                Some(Reply::Refused { reason }) => Err(ClientError::Refused { reason }),
+                Some(_) => Err(ClientError::Unexpected {
+                    request: "a subscription",
+                }),
+            };
         }
+    }
+
+    /// The id the collector said this subscription streams after (its newest alert when a
+    /// live-only subscription began); `None` until that first frame has been read.
+    pub fn started_after(&self) -> Option<i64> {
+        self.started_after
     }
 }
 

@@ -1,8 +1,9 @@
 //! `vigil tail`: print alerts as the collector stores them, riding out collector restarts.
 //!
 //! After a lost connection it reconnects with exponential backoff and resubscribes after the
-//! last alert it printed, so the collector replays what was stored in between: nothing is
-//! missed and nothing printed twice. Refusals and rejected certificates end it instead,
+//! last alert it printed (or, before the first, after the newest alert stored when it first
+//! subscribed), so the collector replays what was stored in between: nothing is missed and
+//! nothing printed twice. Refusals and rejected certificates end it instead,
 //! because retrying would fail the same way forever.
 
 use std::io::Write;
@@ -51,7 +52,7 @@ pub async fn tail<W: Write>(
                     }
                     subscribed_once = true;
                     delay = FIRST_RETRY;
-                    loop {
+                    let ended = loop {
                         match subscription.next().await {
                             Ok(Some(alert)) => {
                                 printer.print(&alert)?;
@@ -60,7 +61,11 @@ pub async fn tail<W: Write>(
                             Ok(None) => break ClientError::NoAnswer,
                             Err(e) => break e,
                         }
-                    }
+                    };
+                    // Nothing printed yet: resume after the newest alert the collector had when
+                    // we subscribed, so alerts stored while we reconnect are not missed.
+                    last_id = last_id.or(subscription.started_after());
+                    ended
                 }
                 Err(e) => e,
             },

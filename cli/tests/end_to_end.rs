@@ -393,6 +393,58 @@ async fn tail_prints_live_alerts_and_resumes_after_a_collector_restart() {
     collector.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_that_printed_nothing_yet_resumes_after_the_alerts_stored_when_it_began() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path()).await;
+    let collector = Running::start(dir.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let addr = collector.addr;
+    // One alert from before tail starts: live-only tail must never print it.
+    publish(addr, dir.path(), 1, "before-tail").await;
+    let mut tail = vigil()
+        .args(operator_flags(addr, dir.path()))
+        .args(["tail", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vigil tail");
+    let mut lines = BufReader::new(tail.stdout.take().expect("piped stdout")).lines();
+    let mut log = BufReader::new(tail.stderr.take().expect("piped stderr")).lines();
+    within("vigil tail to subscribe after alert 1", async {
+        loop {
+            let line = log
+                .next_line()
+                .await
+                .expect("read tail stderr")
+                .expect("vigil tail exited");
+            if line.contains("following alerts stored after id 1") {
+                break;
+            }
+        }
+    })
+    .await;
+
+    // The collector restarts before tail has printed anything; alerts published at once
+    // (typically before tail is back) must all be printed, once each, and not the old one.
+    collector.stop().await;
+    let collector = Running::start(dir.path(), addr).await;
+    for seq in 2..=3 {
+        publish(addr, dir.path(), seq, &format!("after-restart-{seq}")).await;
+    }
+    for expected in 2..=3 {
+        let line = within("a line from vigil tail", lines.next_line())
+            .await
+            .expect("read tail output")
+            .expect("vigil tail exited");
+        let json: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert_eq!(json["alert_id"].as_i64(), Some(expected), "{line}");
+    }
+    tail.start_kill().expect("stop vigil tail");
+    let _ = tail.wait().await;
+    collector.stop().await;
+}
+
 /// A process_creation rule for the backtest: curl with `marker` on its command line.
 fn backtest_rule(marker: &str) -> String {
     format!(

@@ -730,7 +730,10 @@ async fn subscription(
     let outcome = match start {
         Ok(start) => {
             info!(peer = %peer.name, after_id = start, "{peer} subscribed to alerts after id {start}");
-            follow(shared, &mut live, start, send).await
+            match write_frame(send, &Reply::Subscribed { after_id: start }).await {
+                Ok(()) => follow(shared, &mut live, start, send).await,
+                Err(e) => Err(e.into()),
+            }
         }
         Err(e) => Err(e.into()),
     };

@@ -189,6 +189,10 @@ pub struct AlertQuery {
 pub enum Reply {
     /// The batch with this sequence number is durably stored (or was already).
     Ack { seq: u64 },
+    /// The first frame of every subscription: alerts with a larger id follow. For a live-only
+    /// subscription it is the newest id stored when it began, so a client that loses the
+    /// connection before it has seen any alert can still resume without a gap.
+    Subscribed { after_id: i64 },
     /// One alert of a subscription.
     Alert(StoredAlert),
     /// The answer to a query, oldest first.

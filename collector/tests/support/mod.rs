@@ -187,6 +187,19 @@ impl Peer {
         write_frame(&mut send, &request)
             .await
             .expect("send subscribe");
+        let mut recv = recv;
+        let first = within(
+            "the subscription's first frame",
+            read_frame::<_, Reply>(&mut recv, MAX_FRAME_BYTES),
+        )
+        .await
+        .expect("read subscription")
+        .expect("subscription ended");
+        match (first, after_id) {
+            (Reply::Subscribed { after_id: start }, Some(asked)) => assert_eq!(start, asked),
+            (Reply::Subscribed { .. }, None) => {}
+            (other, _) => panic!("expected Subscribed first, got {other:?}"),
+        }
         (send, recv)
     }
 }
