@@ -177,3 +177,96 @@ fn summary_alert(rules: &RuleSet, summary: DedupSummary) -> Option<Alert> {
     });
     Some(alert)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"
+title: kill nc
+id: kill-nc
+logsource: {category: process_creation}
+detection: {s: {Image|endswith: /nc}, condition: s}
+vigil:
+  action: kill
+  dedup: {window: 10s, key: [Image]}
+---
+title: nc thrice
+id: nc-thrice
+correlation:
+  type: event_count
+  rules: [kill-nc]
+  group-by: [User]
+  timespan: 1m
+  condition: {gte: 3}
+"#;
+
+    fn at(seconds: u64) -> Timestamp {
+        Timestamp::from_unix_nanos(1_700_000_000_000_000_000 + seconds * 1_000_000_000)
+    }
+
+    #[test]
+    fn a_suppressed_kill_still_kills_and_every_match_is_accounted_for() {
+        let rules = RuleSet::parse(RULES, "<inline>").unwrap_or_else(|e| panic!("{e}"));
+        let nc = vigil_detect::sample_exec_event(&[("Image", "/usr/bin/nc"), ("User", "eve")])
+            .expect("event");
+        let mut alerter = Alerter::new();
+
+        let first = alerter.on_event(&rules, &nc, at(0));
+        assert!(first.kill);
+        assert_eq!(first.kill_alerts, vec![0]);
+        assert_eq!(first.alerts.len(), 1);
+        let dedup = first.alerts[0].dedup.as_ref().expect("dedup info");
+        assert_eq!((dedup.count, dedup.summary), (1, false));
+
+        let second = alerter.on_event(&rules, &nc, at(1));
+        assert!(second.kill, "a deduplicated kill rule still kills");
+        assert!(second.alerts.is_empty(), "the alert is suppressed");
+
+        let third = alerter.on_event(&rules, &nc, at(2));
+        assert_eq!(
+            third.alerts.len(),
+            1,
+            "only the correlation: {:?}",
+            third.alerts
+        );
+        let corr = third.alerts[0].correlation.as_ref().expect("correlation");
+        assert_eq!(third.alerts[0].rule.id, "nc-thrice");
+        assert_eq!((corr.kind.as_str(), corr.count), ("event_count", 3));
+        assert_eq!(corr.group, "eve");
+        assert!(
+            third.kill_alerts.is_empty(),
+            "a correlation alert is not a kill"
+        );
+
+        assert!(
+            alerter.expire(&rules, at(5)).is_empty(),
+            "window still open"
+        );
+        let summaries = alerter.expire(&rules, at(11));
+        assert_eq!(summaries.len(), 1);
+        let summary = summaries[0].dedup.as_ref().expect("dedup info");
+        assert_eq!(
+            (summary.count, summary.suppressed, summary.summary),
+            (3, 2, true)
+        );
+        assert_eq!((summary.first_seen, summary.last_seen), (at(0), at(2)));
+        assert_eq!(summaries[0].event.process.executable, "/usr/bin/nc");
+    }
+
+    #[test]
+    fn a_reload_summarises_the_open_windows_of_the_old_rules() {
+        let rules = RuleSet::parse(RULES, "<inline>").unwrap_or_else(|e| panic!("{e}"));
+        let nc = vigil_detect::sample_exec_event(&[("Image", "/bin/nc")]).expect("event");
+        let mut alerter = Alerter::new();
+        alerter.on_event(&rules, &nc, at(0));
+        alerter.on_event(&rules, &nc, at(1));
+        let summaries = alerter.replace_rules(&rules);
+        assert_eq!(summaries.len(), 1, "the suppressed match is reported");
+        assert_eq!(summaries[0].dedup.as_ref().map(|d| d.suppressed), Some(1));
+        assert!(
+            alerter.replace_rules(&rules).is_empty(),
+            "state started over"
+        );
+    }
+}
