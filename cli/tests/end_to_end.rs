@@ -80,6 +80,7 @@ impl Running {
             },
             revoked: None,
             enroll: None,
+            console: None,
         };
         // A restarted collector wants its old port back; the old socket may take a moment.
         let collector = within("the collector to bind", async {

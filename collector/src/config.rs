@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use vigil_ops::metrics_endpoint::MetricsConfig;
 use vigil_proto::transport::TlsFiles;
 
+pub use crate::console::ConsoleConfig;
+
 /// Where the collector listens, stores and finds its certificates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +25,8 @@ pub struct CollectorConfig {
     pub revoked: Option<PathBuf>,
     /// Enrollment of sensors with one-time tokens; absent means the collector signs nothing.
     pub enroll: Option<EnrollConfig>,
+    /// The web console over HTTPS; absent (the default) means none is served.
+    pub console: Option<ConsoleConfig>,
 }
 
 /// What the collector needs to sign sensor certificates.
@@ -53,6 +57,7 @@ struct CollectorFile {
     tls: TlsConfig,
     revoked: Option<PathBuf>,
     enroll: Option<EnrollConfig>,
+    console: Option<ConsoleConfig>,
     /// The Prometheus scrape endpoint; absent means none.
     metrics: Option<MetricsConfig>,
 }
@@ -65,6 +70,7 @@ impl Default for CollectorFile {
             tls,
             revoked,
             enroll,
+            console,
         } = CollectorConfig::default();
         Self {
             listen,
@@ -72,6 +78,7 @@ impl Default for CollectorFile {
             tls,
             revoked,
             enroll,
+            console,
             metrics: None,
         }
     }
@@ -86,6 +93,7 @@ impl CollectorFile {
             tls,
             revoked,
             enroll,
+            console,
             metrics,
         } = self;
         let config = CollectorConfig {
@@ -94,6 +102,7 @@ impl CollectorFile {
             tls,
             revoked,
             enroll,
+            console,
         };
         (config, metrics)
     }
@@ -119,6 +128,7 @@ impl Default for CollectorConfig {
             tls: TlsConfig::default(),
             revoked: None,
             enroll: None,
+            console: None,
         }
     }
 }
@@ -280,6 +290,25 @@ mod tests {
         assert_eq!(enroll.cert_validity_secs, 24 * 3600);
         let text = problem("enroll:\n  tokens: /t\n");
         assert!(text.contains("ca_key"), "{text}");
+    }
+
+    #[test]
+    fn the_console_is_off_by_default_and_its_key_parses() {
+        assert_eq!(CollectorConfig::default().console, None);
+        let config = CollectorConfig::from_yaml_str(
+            "console:\n  listen: 127.0.0.1:7444\n  url: https://c.example.org:7444\n",
+        )
+        .expect("valid config");
+        let console = config.console.expect("console section");
+        assert_eq!(console.listen, "127.0.0.1:7444".parse().expect("addr"));
+        assert_eq!(console.url.as_deref(), Some("https://c.example.org:7444"));
+        assert_eq!(
+            (console.link_ttl_secs, console.session_ttl_secs),
+            (300, 8 * 3600)
+        );
+        let text = problem("console:\n  listen: 127.0.0.1:7444\n  password: hunter2\n");
+        assert!(text.starts_with("FILE:3:"), "{text}");
+        assert!(text.contains("password"), "{text}");
     }
 
     #[test]

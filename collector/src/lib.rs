@@ -10,6 +10,7 @@
 //! binary calls [`run`].
 
 pub mod config;
+mod console;
 pub mod enroll;
 mod limits;
 pub mod metrics;
@@ -17,7 +18,8 @@ mod reload;
 mod server;
 mod store;
 
-pub use config::{CollectorConfig, ConfigError, EnrollConfig, TlsConfig};
+pub use config::{CollectorConfig, ConfigError, ConsoleConfig, EnrollConfig, TlsConfig};
+pub use console::ConsoleError;
 pub use limits::Stats;
 pub use reload::ReloadHandle;
 pub use server::{run, Collector, CollectorError};

@@ -80,6 +80,9 @@ pub enum CollectorError {
     /// The revocation list could not be read at start-up.
     #[error(transparent)]
     Revocation(#[from] RevocationFileError),
+    /// The web console could not start.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 /// A bound collector: learn its address with [`Collector::local_addr`], then [`Collector::run`].
@@ -90,6 +93,8 @@ pub struct Collector {
     writer: Writer,
     reloader: Reloader,
     reload: ReloadHandle,
+    /// The web console, when configured.
+    console: Option<crate::console::Console>,
 }
 
 /// What every connection task needs.
@@ -103,6 +108,8 @@ pub(crate) struct Shared {
     revocations: watch::Receiver<u64>,
     /// `None` when the config has no `enroll` section: enrollment and renewal are refused.
     pub(crate) enroller: Option<Arc<Enroller>>,
+    /// `None` without a `console` config: sign-in links are refused.
+    console: Option<crate::console::LoginIssuer>,
 }
 
 impl Collector {
@@ -115,6 +122,7 @@ impl Collector {
             tls,
             revoked,
             enroll,
+            console,
         } = config;
         let reloader = Reloader::new(TlsFiles::from(tls), revoked.clone())?;
         let server = transport::server_config(&TlsFiles::from(tls), reloader.revoked.clone())?;
@@ -138,6 +146,14 @@ impl Collector {
                 addr: *listen,
                 source,
             })?;
+        let (console, login_issuer) = match console {
+            Some(console) => {
+                let (console, issuer) =
+                    crate::console::Console::bind(console, tls, store.clone()).await?;
+                (Some(console), Some(issuer))
+            }
+            None => (None, None),
+        };
         info!(%local_addr, database = %config.database.display(), "listening on {local_addr}");
         Ok(Self {
             endpoint,
@@ -150,10 +166,12 @@ impl Collector {
                 revoked: reloader.revoked.clone(),
                 revocations: reloader.generation.subscribe(),
                 enroller,
+                console: login_issuer,
             },
             writer,
             reloader,
             reload: ReloadHandle::default(),
+            console,
         })
     }
 
@@ -181,7 +199,14 @@ impl Collector {
             writer,
             mut reloader,
             reload,
+            console,
         } = self;
+        let (stop_console, console_stopped) = tokio::sync::oneshot::channel::<()>();
+        let console = console.map(|console| {
+            tokio::spawn(console.run(async move {
+                let _ = console_stopped.await;
+            }))
+        });
         let mut watch = tokio::time::interval(WATCH_INTERVAL);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -214,6 +239,10 @@ impl Collector {
             }
         }
         info!("shutting down");
+        let _ = stop_console.send(());
+        if let Some(console) = console {
+            log_task_end(console.await);
+        }
         endpoint.close(CLOSE_SHUTDOWN, b"collector shutting down");
         while let Some(done) = connections.join_next().await {
             log_task_end(done);
@@ -422,6 +451,12 @@ async fn serve_stream(
         (Request::QueryAlerts(query), Role::Operator) => {
             query_alerts(&shared, &peer, query, &mut send).await
         }
+        (Request::ConsoleLogin, Role::Operator) => {
+            let reply = console_login(&shared, &peer);
+            write_frame(&mut send, &reply)
+                .await
+                .map_err(StreamError::from)
+        }
         (request, role) => {
             let what = match request {
                 Request::Publish(_) => "publish",
@@ -429,6 +464,7 @@ async fn serve_stream(
                 Request::QueryAlerts(_) => "query alerts",
                 Request::Renew(_) => "renew a certificate",
                 Request::Stats => "read the collector's stats",
+                Request::ConsoleLogin => "sign in to the web console",
                 Request::Enroll(_) => "enroll on an authenticated connection",
                 _ => "make this request",
             };
@@ -444,6 +480,27 @@ async fn serve_stream(
         debug!(%remote, peer = %peer.name, "stream to {peer} ended: {e}");
     }
     let _ = send.finish();
+}
+
+/// A one-time sign-in link for the operator who asked (their certificate is the credential).
+fn console_login(shared: &Shared, peer: &PeerIdentity) -> Reply {
+    let Some(issuer) = &shared.console else {
+        return Reply::Refused {
+            reason: "this collector serves no web console (no `console` config)".into(),
+        };
+    };
+    match issuer.issue(&peer.name) {
+        Some((url, expires_in_secs)) => {
+            info!(peer = %peer.name, "issued a console sign-in link to {peer}");
+            Reply::ConsoleLogin {
+                url,
+                expires_in_secs,
+            }
+        }
+        None => Reply::Refused {
+            reason: "the collector could not make a sign-in link".into(),
+        },
+    }
 }
 
 async fn renew_certificate(

@@ -266,7 +266,9 @@ impl Store {
         .await
     }
 
-    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    /// Runs `query` on a read-only connection on a blocking thread. Crate-visible so that the
+    /// console's queries (collector/src/console/queries.rs) stay out of this file.
+    pub(crate) async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &Path) -> Result<T, StoreError> + Send + 'static,

@@ -75,6 +75,7 @@ impl Pki {
             },
             revoked: None,
             enroll: None,
+            console: None,
         }
     }
 }
