@@ -120,7 +120,7 @@ impl Console {
             sessions,
             store: queries::ConsoleStore::new(store),
         });
-        tracing::info!(%local, url = %base_url, "console listening on {local}");
+        tracing::info!(%local, url = %base_url, "console serving https on {local}");
         Ok((
             Self {
                 listener,

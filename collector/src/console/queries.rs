@@ -124,7 +124,9 @@ impl ProcessNode {
 /// One stored event.
 #[derive(Clone, Debug, Serialize)]
 pub(super) struct StoredEvent {
-    pub id: i64,
+    /// The row id; `None` for the alert's own event when its telemetry copy is not stored (yet:
+    /// the sensor sends alerts at once and telemetry in batches, after hashing the executable).
+    pub id: Option<i64>,
     #[serde(flatten)]
     pub event: Event,
 }
@@ -424,13 +426,14 @@ fn alert_detail(
         // worth showing.
         if let Ok(event) = serde_json::from_str::<Event>(&json) {
             window.push(StoredEvent {
-                id: event_id,
+                id: Some(event_id),
                 event,
             });
         }
     }
     let read_all = window.len() < MAX_WINDOW_EVENTS as usize;
-    let (tree, events, tree_complete) = process_tree(&alert.alert.event.process, window);
+    let (tree, mut events, tree_complete) = process_tree(&alert.alert.event.process, window);
+    with_alert_event(&mut events, &alert.alert.event);
     Ok(Some(AlertDetail {
         alert,
         ancestry,
@@ -440,6 +443,23 @@ fn alert_detail(
         window_to,
         truncated: !(read_all && tree_complete),
     }))
+}
+
+/// Puts the alert's own event in the timeline, in time order, unless its telemetry copy (same
+/// process, same sensor sequence number) is already there.
+fn with_alert_event(events: &mut Vec<StoredEvent>, alerted: &Event) {
+    let same = |e: &StoredEvent| {
+        e.event.event.sequence == alerted.event.sequence
+            && e.event.process.entity_id == alerted.process.entity_id
+    };
+    if events.iter().any(same) {
+        return;
+    }
+    let at = events.partition_point(|e| e.event.timestamp <= alerted.timestamp);
+    let mut event = alerted.clone();
+    // Stored as an alert, the event says so; in the timeline it is what happened.
+    event.event.kind = "event".into();
+    events.insert(at, StoredEvent { id: None, event });
 }
 
 fn duration_ns(d: std::time::Duration) -> u64 {
@@ -590,7 +610,7 @@ mod tests {
 
     fn stored(id: i64, process: Process) -> StoredEvent {
         StoredEvent {
-            id,
+            id: Some(id),
             event: Event {
                 process,
                 ..Event::default()
@@ -614,8 +634,33 @@ mod tests {
         assert_eq!(ids, ["r", "c1", "g1"]);
         assert_eq!(tree[2].parent_entity_id.as_deref(), Some("c1"));
         let event_ids: Vec<_> = events.iter().map(|e| e.id).collect();
-        assert_eq!(event_ids, [2, 3, 5, 6]);
+        assert_eq!(event_ids, [Some(2), Some(3), Some(5), Some(6)]);
         assert!(complete);
+    }
+
+    #[test]
+    fn the_alerts_own_event_is_in_the_timeline_once() {
+        let at = |ns: u64, seq: u64, entity: &str| {
+            let mut e = stored(0, process(entity, 1, None)).event;
+            e.timestamp = Timestamp(ns);
+            e.event.sequence = seq;
+            e
+        };
+        let mut events = vec![
+            StoredEvent {
+                id: Some(1),
+                event: at(10, 1, "r"),
+            },
+            StoredEvent {
+                id: Some(2),
+                event: at(30, 3, "r"),
+            },
+        ];
+        with_alert_event(&mut events, &at(20, 2, "r"));
+        let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [Some(1), None, Some(2)]);
+        with_alert_event(&mut events, &at(30, 3, "r"));
+        assert_eq!(events.len(), 3, "already there as telemetry");
     }
 
     #[test]
