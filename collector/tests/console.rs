@@ -471,6 +471,20 @@ async fn an_alert_page_has_its_ancestry_its_descendants_and_only_their_events() 
     );
     assert_eq!(detail["events"][2]["file"]["path"], "/etc/shadow");
     assert_eq!(detail["truncated"], false);
+    // With an empty window the ancestors come from the lookback query instead: same chain.
+    let narrow = browser
+        .get("/api/alerts/1?before_secs=0&after_secs=0")
+        .await
+        .json();
+    let narrow_ids: Vec<&str> = narrow["ancestry"]
+        .as_array()
+        .expect("ancestry")
+        .iter()
+        .map(|n| n["entity_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(narrow_ids, ["e-300", "e-200", "e-100", "e-1"], "{narrow}");
+    assert_eq!(narrow["ancestry"][2]["command_line"], "bash --pid 100");
+    assert_eq!(narrow["ancestry"][2]["seen"], true);
     assert_eq!(
         browser.get("/api/alerts/99").await.status,
         StatusCode::NOT_FOUND

@@ -142,6 +142,7 @@ fn the_console_in_chromium_shows_a_real_alert_live_with_its_process_tree() {
         .env("VIGIL_CLI_ARGS", cli_args.to_string())
         .env("VIGIL_TEST_SH", &sh)
         .env("VIGIL_MARKER", &marker)
+        .env("VIGIL_HARNESS_PID", std::process::id().to_string())
         .env("VIGIL_LINK_TTL_SECS", LINK_TTL_SECS.to_string())
         .env("VIGIL_SCREENSHOT_DIR", &shots)
         .env("VIGIL_CHROMIUM", CHROMIUM)

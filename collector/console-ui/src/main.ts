@@ -252,6 +252,10 @@ async function alertsPage(): Promise<void> {
         newest = Math.max(newest, a.id);
       }
       total.textContent = String(page.total);
+      if (page.alerts.length) {
+        const counts = await api<{ buckets: CountBucket[] }>(`/api/counts?${filterQuery({ bucket_secs: 3600 })}`);
+        if (mine === generation) chartBox.replaceChildren(chart(counts.buckets));
+      }
     } catch (e) {
       if (e instanceof NotSignedIn) return signedOutNotice();
     }
@@ -333,6 +337,7 @@ function eventDetail(e: StoredEvent): string {
 }
 
 async function alertPage(id: string): Promise<void> {
+  notice("Loading…", `Alert ${id}: its process tree and events.`);
   const detail = await api<AlertDetail>(`/api/alerts/${encodeURIComponent(id)}`);
   const stored = detail.alert;
   const a = stored.alert;

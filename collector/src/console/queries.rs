@@ -15,6 +15,10 @@ use vigil_proto::{Alert, Event, Level, StoredAlert, Timestamp};
 
 use crate::store::{Store, StoreError};
 
+/// How far before the window an ancestor's newest event is looked for. Bounded because a
+/// process with no stored event at all (started before the sensor) costs a scan of this range:
+/// the events table has no index by process.
+const ANCESTRY_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Deepest ancestry walked: past this it is a loop in bad data, not a real process tree.
 const MAX_ANCESTRY: usize = 64;
 /// Events read from the window around an alert; the answer says when it was cut.
@@ -269,13 +273,16 @@ fn conditions(filter: &AlertFilter) -> (Vec<&'static str>, Vec<Value>) {
     }
     if let Some(text) = text {
         sql.push("json LIKE ? ESCAPE '\\'");
-        let escaped = text
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        values.push(Value::Text(format!("%{escaped}%")));
+        values.push(Value::Text(format!("%{}%", like_escape(text))));
     }
     (sql, values)
+}
+
+/// `text` as a literal inside a LIKE pattern with `ESCAPE '\'`.
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 fn where_sql(parts: &[&str]) -> String {
@@ -400,7 +407,6 @@ fn alert_detail(
     let Some(alert) = alert else {
         return Ok(None);
     };
-    let ancestry = ancestry(conn, path, &alert)?;
     let at = alert.alert.event.timestamp.unix_nanos();
     let window_from = Timestamp(at.saturating_sub(duration_ns(before)));
     let window_to = Timestamp(at.saturating_add(duration_ns(after)));
@@ -432,6 +438,12 @@ fn alert_detail(
         }
     }
     let read_all = window.len() < MAX_WINDOW_EVENTS as usize;
+    let lookback_from = Timestamp(
+        window_from
+            .unix_nanos()
+            .saturating_sub(duration_ns(ANCESTRY_LOOKBACK)),
+    );
+    let ancestry = ancestry(conn, path, &alert, &window, (lookback_from, window_to))?;
     let (tree, mut events, tree_complete) = process_tree(&alert.alert.event.process, window);
     with_alert_event(&mut events, &alert.alert.event);
     Ok(Some(AlertDetail {
@@ -468,19 +480,29 @@ fn duration_ns(d: std::time::Duration) -> u64 {
 
 /// The alert's process, then each parent: from the newest stored event of that parent when
 /// there is one (full facts and the next parent up), else from what its child's event said.
+/// The window's events are looked at first (already read); older ancestors are looked up in
+/// `range` (the LIKE is a cheap prefilter, the json_extract the exact test).
 fn ancestry(
     conn: &Connection,
     path: &Path,
     alert: &StoredAlert,
+    window: &[StoredEvent],
+    range: (Timestamp, Timestamp),
 ) -> Result<Vec<ProcessNode>, StoreError> {
     let process = &alert.alert.event.process;
     let mut chain = vec![ProcessNode::of(process)];
     let mut parent = process.parent.as_deref().cloned();
     let mut seen = HashSet::from([process.entity_id.clone()]);
+    // The newest event of each process in the window (events are oldest first).
+    let newest: std::collections::HashMap<&str, &Event> = window
+        .iter()
+        .map(|e| (e.event.process.entity_id.as_str(), &e.event))
+        .collect();
     let mut statement = conn
         .prepare_cached(
-            "SELECT json FROM events WHERE sensor = ?1
-               AND json_extract(json, '$.process.entity_id') = ?2
+            "SELECT json FROM events WHERE sensor = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3
+               AND json LIKE ?4 ESCAPE '\\'
+               AND json_extract(json, '$.process.entity_id') = ?5
              ORDER BY ts_ns DESC LIMIT 1",
         )
         .map_err(sqlite(path))?;
@@ -491,11 +513,21 @@ fn ancestry(
         if chain.len() >= MAX_ANCESTRY {
             break;
         }
-        let json: Option<String> = statement
-            .query_row(params![alert.sensor, p.entity_id], |row| row.get(0))
-            .optional()
-            .map_err(sqlite(path))?;
-        match json.and_then(|j| serde_json::from_str::<Event>(&j).ok()) {
+        let found = match newest.get(p.entity_id.as_str()) {
+            Some(event) => Some((*event).clone()),
+            None => {
+                let pattern = format!("%\"entity_id\":\"{}\"%", like_escape(&p.entity_id));
+                let json: Option<String> = statement
+                    .query_row(
+                        params![alert.sensor, ns(range.0), ns(range.1), pattern, p.entity_id],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(sqlite(path))?;
+                json.and_then(|j| serde_json::from_str::<Event>(&j).ok())
+            }
+        };
+        match found {
             Some(event) => {
                 chain.push(ProcessNode::of(&event.process));
                 parent = event.process.parent.map(|b| *b);
