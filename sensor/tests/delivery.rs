@@ -82,6 +82,7 @@ impl Setup {
             },
             revoked: None,
             enroll: None,
+            console: None,
         };
         let collector = Collector::bind(&config).await.expect("bind collector");
         let addr = collector.local_addr();
