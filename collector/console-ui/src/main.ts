@@ -358,7 +358,7 @@ async function alertPage(id: string): Promise<void> {
     ...detail.events.map((e) =>
       el(
         "tr",
-        { "data-event-pid": String(e.process.pid) },
+        { "data-event-pid": String(e.process.pid), "data-action": e.event.action },
         el("td", {}, time(e["@timestamp"])),
         el("td", {}, e.event.action),
         el("td", {}, String(e.process.pid)),
