@@ -155,6 +155,11 @@ pub enum Command {
         #[command(flatten)]
         connection: ConnectionOverrides,
     },
+    /// The collector's web console
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+    },
     /// Work with detection rules
     Rules {
         #[command(subcommand)]
@@ -164,6 +169,18 @@ pub enum Command {
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsoleCommand {
+    /// Print a one-time link that signs this operator in to the web console
+    ///
+    /// Asks the collector over the operator connection (so an operator certificate is needed);
+    /// the link works once and expires within minutes.
+    Login {
+        #[command(flatten)]
+        connection: ConnectionOverrides,
     },
 }
 

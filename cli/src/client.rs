@@ -163,6 +163,21 @@ impl Client {
         }
     }
 
+    /// A one-time sign-in link to the collector's web console and how many seconds it is valid.
+    pub async fn console_login(&self) -> Result<(String, u64), ClientError> {
+        let (_send, mut recv) = self.request(Request::ConsoleLogin).await?;
+        match self.reply(&mut recv).await? {
+            Reply::ConsoleLogin {
+                url,
+                expires_in_secs,
+            } => Ok((url, expires_in_secs)),
+            Reply::Refused { reason } => Err(ClientError::Refused { reason }),
+            _ => Err(ClientError::Unexpected {
+                request: "a console sign-in link",
+            }),
+        }
+    }
+
     /// Stored alerts after `after_id` (none when `None`), then live ones as they arrive.
     pub async fn subscribe(&self, after_id: Option<i64>) -> Result<Subscription, ClientError> {
         let (send, recv) = self

@@ -17,7 +17,7 @@ use vigil_cli::tail::{tail, TailOptions};
 use vigil_proto::transport::Role;
 use vigil_proto::{AlertQuery, Timestamp};
 
-use args::{CertsCommand, Cli, Command, RulesCommand};
+use args::{CertsCommand, Cli, Command, ConsoleCommand, RulesCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -81,6 +81,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Certs { command } => make_certs(command).map(|()| ExitCode::SUCCESS),
+        Command::Console {
+            command: ConsoleCommand::Login {
+                connection: overrides,
+            },
+        } => {
+            let options = connection.with(overrides).into_options()?;
+            runtime()?.block_on(async {
+                let client = Client::connect(&options).await?;
+                let link = client.console_login().await;
+                client.close().await;
+                let (url, expires_in_secs) = link?;
+                eprintln!("open this link within {expires_in_secs} s; it signs you in once:");
+                println!("{url}");
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Alerts {
             since,
             limit,

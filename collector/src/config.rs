@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use vigil_ops::metrics_endpoint::MetricsConfig;
 use vigil_proto::transport::TlsFiles;
 
+pub use crate::console::ConsoleConfig;
 use crate::outputs::RouteConfig;
 use crate::store::{PostgresUrl, Retention, StoreTarget};
 
@@ -33,6 +34,8 @@ pub struct CollectorConfig {
     pub revoked: Option<PathBuf>,
     /// Enrollment of sensors with one-time tokens; absent means the collector signs nothing.
     pub enroll: Option<EnrollConfig>,
+    /// The web console over HTTPS; absent (the default) means none is served.
+    pub console: Option<ConsoleConfig>,
     /// Alert outputs by name: where committed alerts are forwarded (webhook, Slack, syslog,
     /// file) and which ones. Empty: none.
     pub outputs: BTreeMap<String, RouteConfig>,
@@ -82,6 +85,7 @@ struct CollectorFile {
     enroll: Option<EnrollConfig>,
     outputs: BTreeMap<String, RouteConfig>,
     rules: Option<CentralRulesConfig>,
+    console: Option<ConsoleConfig>,
     /// The Prometheus scrape endpoint; absent means none.
     metrics: Option<MetricsConfig>,
 }
@@ -98,6 +102,7 @@ impl Default for CollectorFile {
             enroll,
             outputs,
             rules,
+            console,
         } = CollectorConfig::default();
         Self {
             listen,
@@ -109,6 +114,7 @@ impl Default for CollectorFile {
             enroll,
             outputs,
             rules,
+            console,
             metrics: None,
         }
     }
@@ -127,6 +133,7 @@ impl CollectorFile {
             enroll,
             outputs,
             rules,
+            console,
             metrics,
         } = self;
         let config = CollectorConfig {
@@ -139,6 +146,7 @@ impl CollectorFile {
             enroll,
             outputs,
             rules,
+            console,
         };
         (config, metrics)
     }
@@ -168,6 +176,7 @@ impl Default for CollectorConfig {
             enroll: None,
             outputs: BTreeMap::new(),
             rules: None,
+            console: None,
         }
     }
 }
@@ -448,6 +457,25 @@ mod tests {
         assert!(text.contains("bad duration"), "{text}");
         let text = problem("retention:\n  alerts: 0s\n");
         assert!(text.contains("delete everything"), "{text}");
+    }
+
+    #[test]
+    fn the_console_is_off_by_default_and_its_key_parses() {
+        assert_eq!(CollectorConfig::default().console, None);
+        let config = CollectorConfig::from_yaml_str(
+            "console:\n  listen: 127.0.0.1:7444\n  url: https://c.example.org:7444\n",
+        )
+        .expect("valid config");
+        let console = config.console.expect("console section");
+        assert_eq!(console.listen, "127.0.0.1:7444".parse().expect("addr"));
+        assert_eq!(console.url.as_deref(), Some("https://c.example.org:7444"));
+        assert_eq!(
+            (console.link_ttl_secs, console.session_ttl_secs),
+            (300, 8 * 3600)
+        );
+        let text = problem("console:\n  listen: 127.0.0.1:7444\n  password: hunter2\n");
+        assert!(text.starts_with("FILE:3:"), "{text}");
+        assert!(text.contains("password"), "{text}");
     }
 
     #[test]

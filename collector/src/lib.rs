@@ -11,6 +11,7 @@
 
 mod central_rules;
 pub mod config;
+mod console;
 pub mod enroll;
 pub mod health;
 mod limits;
@@ -20,7 +21,10 @@ mod reload;
 mod server;
 pub mod store;
 
-pub use config::{CentralRulesConfig, CollectorConfig, ConfigError, EnrollConfig, TlsConfig};
+pub use config::{
+    CentralRulesConfig, CollectorConfig, ConfigError, ConsoleConfig, EnrollConfig, TlsConfig,
+};
+pub use console::ConsoleError;
 pub use limits::Stats;
 pub use reload::ReloadHandle;
 pub use server::{run, Collector, CollectorError};

@@ -93,6 +93,9 @@ pub enum CollectorError {
     /// The rules state directory or signing key is unusable.
     #[error(transparent)]
     CentralRules(#[from] CentralRulesError),
+    /// The web console could not start.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 /// A bound collector: learn its address with [`Collector::local_addr`], then [`Collector::run`].
@@ -109,6 +112,8 @@ pub struct Collector {
         BTreeMap<String, RouteConfig>,
         broadcast::Receiver<StoredAlert>,
     ),
+    /// The web console, when configured.
+    console: Option<crate::console::Console>,
 }
 
 /// What every connection task needs.
@@ -124,6 +129,8 @@ pub(crate) struct Shared {
     pub(crate) enroller: Option<Arc<Enroller>>,
     /// `None` when the config has no `rules` section: pushes are refused, fetches wait.
     rules: Option<Arc<CentralRules>>,
+    /// `None` without a `console` config: sign-in links are refused.
+    console: Option<crate::console::LoginIssuer>,
 }
 
 impl Collector {
@@ -140,6 +147,7 @@ impl Collector {
             enroll,
             outputs,
             rules,
+            console,
         } = config;
         let reloader = Reloader::new(TlsFiles::from(tls), revoked.clone())?;
         let server = transport::server_config(&TlsFiles::from(tls), reloader.revoked.clone())?;
@@ -168,6 +176,14 @@ impl Collector {
                 addr: *listen,
                 source,
             })?;
+        let (console, login_issuer) = match console {
+            Some(console) => {
+                let (console, issuer) =
+                    crate::console::Console::bind(console, tls, store.clone()).await?;
+                (Some(console), Some(issuer))
+            }
+            None => (None, None),
+        };
         info!(%local_addr, store = %target, "listening on {local_addr}");
         Ok(Self {
             endpoint,
@@ -181,12 +197,14 @@ impl Collector {
                 revocations: reloader.generation.subscribe(),
                 enroller,
                 rules,
+                console: login_issuer,
             },
             closer,
             retention: *retention,
             reloader,
             reload: ReloadHandle::default(),
             outputs: (outputs.clone(), to_outputs),
+            console,
         })
     }
 
@@ -216,10 +234,17 @@ impl Collector {
             mut reloader,
             reload,
             outputs: (routes, to_outputs),
+            console,
         } = self;
         let maintenance = tokio::spawn(maintain(shared.store.clone(), retention));
         let silence = tokio::spawn(crate::health::watch_silence(shared.store.clone()));
         let outputs = Outputs::start(&routes, to_outputs, shared.store.clone());
+        let (stop_console, console_stopped) = tokio::sync::oneshot::channel::<()>();
+        let console = console.map(|console| {
+            tokio::spawn(console.run(async move {
+                let _ = console_stopped.await;
+            }))
+        });
         let mut watch = tokio::time::interval(WATCH_INTERVAL);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -252,6 +277,10 @@ impl Collector {
             }
         }
         info!("shutting down");
+        let _ = stop_console.send(());
+        if let Some(console) = console {
+            log_task_end(console.await);
+        }
         endpoint.close(CLOSE_SHUTDOWN, b"collector shutting down");
         while let Some(done) = connections.join_next().await {
             log_task_end(done);
@@ -490,6 +519,12 @@ async fn serve_stream(
                 .await
                 .map_err(StreamError::from)
         }
+        (Request::ConsoleLogin, Role::Operator) => {
+            let reply = console_login(&shared, &peer);
+            write_frame(&mut send, &reply)
+                .await
+                .map_err(StreamError::from)
+        }
         (Request::ListSensors, Role::Operator) => {
             let reply = match shared.store.sensors().await {
                 Ok(sensors) => Reply::Sensors(sensors),
@@ -523,6 +558,7 @@ async fn serve_stream(
                 Request::ListSensors => "list sensors",
                 Request::Renew(_) => "renew a certificate",
                 Request::Stats => "read the collector's stats",
+                Request::ConsoleLogin => "sign in to the web console",
                 Request::Enroll(_) => "enroll on an authenticated connection",
                 Request::PushRules(_) => "push rules",
                 Request::FetchRules(_) => "fetch rules",
@@ -540,6 +576,27 @@ async fn serve_stream(
         debug!(%remote, peer = %peer.name, "stream to {peer} ended: {e}");
     }
     let _ = send.finish();
+}
+
+/// A one-time sign-in link for the operator who asked (their certificate is the credential).
+fn console_login(shared: &Shared, peer: &PeerIdentity) -> Reply {
+    let Some(issuer) = &shared.console else {
+        return Reply::Refused {
+            reason: "this collector serves no web console (no `console` config)".into(),
+        };
+    };
+    match issuer.issue(&peer.name) {
+        Some((url, expires_in_secs)) => {
+            info!(peer = %peer.name, "issued a console sign-in link to {peer}");
+            Reply::ConsoleLogin {
+                url,
+                expires_in_secs,
+            }
+        }
+        None => Reply::Refused {
+            reason: "the collector could not make a sign-in link".into(),
+        },
+    }
 }
 
 async fn renew_certificate(

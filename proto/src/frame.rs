@@ -41,6 +41,8 @@ pub enum Request {
     Renew(Renew),
     /// Operator role: the collector's counters, as one [`Reply::Stats`].
     Stats,
+    /// Operator role: a one-time sign-in link to the web console, as one [`Reply::ConsoleLogin`].
+    ConsoleLogin,
     /// Operator role: validate, version and sign a rule set and serve it to sensors;
     /// answered with [`Reply::RulesPushed`].
     PushRules(RulePush),
@@ -203,6 +205,9 @@ pub enum Reply {
     Certificate { cert_pem: String, ca_pem: String },
     /// The answer to [`Request::Stats`].
     Stats(CollectorStats),
+    /// The answer to [`Request::ConsoleLogin`]: open `url` in a browser within
+    /// `expires_in_secs`; it signs in once, as the operator who asked.
+    ConsoleLogin { url: String, expires_in_secs: u64 },
     /// The pushed set is stored and served as this version.
     RulesPushed { version: u64 },
     /// The central rule set, signed by the collector.

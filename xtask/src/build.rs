@@ -65,6 +65,7 @@ pub struct Built {
 /// Builds the kernel programs and every binary.
 pub fn all() -> anyhow::Result<Built> {
     let ebpf_object = ebpf()?;
+    crate::console_ui::build()?;
     exec(
         Command::new(cargo())
             .args(["build", "--workspace", "--bins"])

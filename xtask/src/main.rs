@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bootstrap;
 mod build;
+mod console_ui;
 mod fuzz;
 mod package;
 mod stack;
@@ -24,8 +25,11 @@ struct Cli {
 enum Command {
     /// Install what the eBPF build needs (nightly rust-src, bpf-linker) if it is missing.
     Bootstrap,
-    /// Build the kernel programs and every binary.
+    /// Build the kernel programs, the console's front end and every binary.
     Build,
+    /// Build only the web console's front end (npm ci, TypeScript, Vite) into
+    /// collector/console-ui/dist, which the collector embeds.
+    ConsoleUi,
     /// Build, then run collector + sensor + live alert tail until Ctrl-C (root).
     Run,
     /// Build, then run every test tier this machine supports.
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bootstrap => bootstrap::ensure().map(|_| ()),
         Command::Build => build::all().map(|_| ()),
+        Command::ConsoleUi => console_ui::build(),
         Command::Run => stack::run(),
         Command::Test => test::run(),
         Command::VmTest => vm::run(),

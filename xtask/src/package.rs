@@ -29,6 +29,7 @@ pub enum Profile {
 pub fn build(profile: Profile) -> anyhow::Result<PathBuf> {
     let cargo_deb = tools::cargo_deb()?;
     let ebpf = build::ebpf()?;
+    crate::console_ui::build()?;
     let root = workspace_root();
     let (profile_name, target_sub) = match profile {
         Profile::Release => ("release", "release"),

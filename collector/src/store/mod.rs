@@ -79,6 +79,11 @@ pub trait Storage: Send + Sync {
     ) -> StoreFuture<'_, Vec<SensorInfo>>;
     /// Every sensor that sent a heartbeat, by name.
     fn sensors(&self) -> StoreFuture<'_, Vec<SensorInfo>>;
+    /// The SQLite engine behind this store, for readers that still speak its SQL (the web
+    /// console); `None` for other engines.
+    fn as_sqlite(&self) -> Option<&SqliteStore> {
+        None
+    }
 }
 
 /// Heartbeats a sensor may miss before it counts as silent.
@@ -353,6 +358,9 @@ pub enum StoreError {
     /// The writer thread is gone (it only stops at shutdown, or after a panic).
     #[error("the storage writer has stopped")]
     WriterGone,
+    /// A reader that only works on one engine was used with another.
+    #[error("{what} works with the SQLite store only, for now")]
+    Unsupported { what: &'static str },
 }
 
 /// A cheap handle to the store: clone it into every connection.

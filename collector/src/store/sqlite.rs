@@ -460,7 +460,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    pub(crate) async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &Path) -> Result<T, StoreError> + Send + 'static,
@@ -486,6 +486,10 @@ impl SqliteStore {
 }
 
 impl Storage for SqliteStore {
+    fn as_sqlite(&self) -> Option<&SqliteStore> {
+        Some(self)
+    }
+
     fn publish(&self, sensor: String, batch: Batch) -> StoreFuture<'_, Published> {
         Box::pin(self.publish_batch(sensor, batch))
     }

@@ -1,0 +1,716 @@
+//! What the console reads from the store, and nothing else: filtered pages of alerts, one
+//! alert with its process ancestry and the events around it, and alert counts over time.
+//!
+//! [`ConsoleStore`] is the narrow interface the HTTP handlers use; today it runs SQL on the
+//! SQLite store's read-only connections (PostgreSQL is refused for now). Paging is by id (keyset), never by
+//! offset, so page N costs what page 1 costs however many alerts are stored.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use serde::Serialize;
+use vigil_proto::{Alert, Event, Level, StoredAlert, Timestamp};
+
+use crate::store::{Store, StoreError};
+
+/// How far before the window an ancestor's newest event is looked for. Bounded because a
+/// process with no stored event at all (started before the sensor) costs a scan of this range:
+/// the events table has no index by process.
+const ANCESTRY_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Deepest ancestry walked: past this it is a loop in bad data, not a real process tree.
+const MAX_ANCESTRY: usize = 64;
+/// Events read from the window around an alert; the answer says when it was cut.
+const MAX_WINDOW_EVENTS: u32 = 50_000;
+/// Events of the alert's process tree returned.
+const MAX_TREE_EVENTS: usize = 2_000;
+
+/// Which alerts; every field narrows, `None` does not.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct AlertFilter {
+    /// Received at or after.
+    pub from: Option<Timestamp>,
+    /// Received before.
+    pub to: Option<Timestamp>,
+    /// This level and above.
+    pub min_severity: Option<Level>,
+    /// Rule id, exactly.
+    pub rule: Option<String>,
+    /// One of the rule's tags, exactly (`attack.t1003`).
+    pub tag: Option<String>,
+    /// The sensor's certificate name or the event's host name, exactly.
+    pub host: Option<String>,
+    /// Anywhere in the alert's JSON, case-insensitive for ASCII.
+    pub text: Option<String>,
+}
+
+/// Where a page starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Cursor {
+    /// Newest first, ids below this (the first page: `None`).
+    Before(Option<i64>),
+    /// Oldest first, ids above this: what the live table polls for.
+    After(i64),
+}
+
+/// One row of the alerts table.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct AlertSummary {
+    pub id: i64,
+    pub sensor: String,
+    pub received: Timestamp,
+    #[serde(rename = "@timestamp")]
+    pub timestamp: Timestamp,
+    pub rule: vigil_proto::RuleInfo,
+    pub host: String,
+    pub action: vigil_proto::EventAction,
+    pub process: ProcessNode,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct AlertPage {
+    pub alerts: Vec<AlertSummary>,
+    /// Matching alerts in all pages.
+    pub total: u64,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// A process as the console shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(super) struct ProcessNode {
+    pub entity_id: String,
+    pub pid: u32,
+    pub name: String,
+    pub executable: String,
+    pub command_line: String,
+    pub start: Timestamp,
+    /// Effective user name (or id), when an event of this process was stored.
+    pub user: Option<String>,
+    pub parent_entity_id: Option<String>,
+    /// False when all that is known comes from a child's `process.parent` (no stored event of
+    /// this process itself).
+    pub seen: bool,
+}
+
+impl ProcessNode {
+    fn of(process: &vigil_proto::Process) -> Self {
+        let user = &process.user;
+        Self {
+            entity_id: process.entity_id.clone(),
+            pid: process.pid,
+            name: process.name.clone(),
+            executable: process.executable.clone(),
+            command_line: process.command_line.clone(),
+            start: process.start,
+            user: Some(user.name.clone().unwrap_or_else(|| user.id.to_string())),
+            parent_entity_id: process.parent.as_ref().map(|p| p.entity_id.clone()),
+            seen: true,
+        }
+    }
+
+    fn of_parent(parent: &vigil_proto::ParentProcess) -> Self {
+        Self {
+            entity_id: parent.entity_id.clone(),
+            pid: parent.pid,
+            name: parent.name.clone(),
+            executable: parent.executable.clone(),
+            command_line: parent.command_line.clone(),
+            start: parent.start,
+            user: None,
+            parent_entity_id: None,
+            seen: false,
+        }
+    }
+}
+
+/// One stored event.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct StoredEvent {
+    /// The row id; `None` for the alert's own event when its telemetry copy is not stored (yet:
+    /// the sensor sends alerts at once and telemetry in batches, after hashing the executable).
+    pub id: Option<i64>,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// An alert with what it takes to investigate it.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct AlertDetail {
+    pub alert: StoredAlert,
+    /// The alert's process first, then its parent, grandparent... as far as known.
+    pub ancestry: Vec<ProcessNode>,
+    /// The alert's process and every descendant seen in the window (each names its parent).
+    pub tree: Vec<ProcessNode>,
+    /// Events of the processes in `tree` within the window, oldest first.
+    pub events: Vec<StoredEvent>,
+    pub window_from: Timestamp,
+    pub window_to: Timestamp,
+    /// True when the window held more events than were read, or the tree more than returned.
+    pub truncated: bool,
+}
+
+/// Alerts per time bucket, by level.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub(super) struct CountBucket {
+    pub start: Timestamp,
+    pub total: u64,
+    pub by_level: std::collections::BTreeMap<Level, u64>,
+}
+
+/// The console's view of the store.
+#[derive(Clone)]
+pub(super) struct ConsoleStore {
+    store: Store,
+}
+
+impl ConsoleStore {
+    pub(super) fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    fn sqlite(&self) -> Result<&crate::store::SqliteStore, StoreError> {
+        self.store.as_sqlite().ok_or(StoreError::Unsupported {
+            what: "the web console",
+        })
+    }
+
+    /// One page of matching alerts (`limit` rows at most) and how many match in all.
+    pub(super) async fn alerts(
+        &self,
+        filter: AlertFilter,
+        cursor: Cursor,
+        limit: u32,
+    ) -> Result<AlertPage, StoreError> {
+        self.sqlite()?
+            .read(move |conn, path| alert_page(conn, path, &filter, cursor, limit))
+            .await
+    }
+
+    /// The alert with this id and its context: ancestry from stored events, and the events of
+    /// its process tree from `before` ahead of the alert to `after` past it.
+    pub(super) async fn alert_detail(
+        &self,
+        id: i64,
+        before: std::time::Duration,
+        after: std::time::Duration,
+    ) -> Result<Option<AlertDetail>, StoreError> {
+        self.sqlite()?
+            .read(move |conn, path| alert_detail(conn, path, id, before, after))
+            .await
+    }
+
+    /// Matching alerts counted per `bucket` of receive time, oldest bucket first; empty buckets
+    /// are left out.
+    pub(super) async fn counts(
+        &self,
+        filter: AlertFilter,
+        bucket: std::time::Duration,
+    ) -> Result<Vec<CountBucket>, StoreError> {
+        self.sqlite()?
+            .read(move |conn, path| counts(conn, path, &filter, bucket))
+            .await
+    }
+}
+
+fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Nanoseconds as SQLite's i64, clamped (as the store does).
+fn ns(t: Timestamp) -> i64 {
+    i64::try_from(t.unix_nanos()).unwrap_or(i64::MAX)
+}
+
+/// `WHERE` conditions (joined by AND, possibly none) and their parameters.
+fn conditions(filter: &AlertFilter) -> (Vec<&'static str>, Vec<Value>) {
+    let AlertFilter {
+        from,
+        to,
+        min_severity,
+        rule,
+        tag,
+        host,
+        text,
+    } = filter;
+    let mut sql = Vec::new();
+    let mut values = Vec::new();
+    if let Some(from) = from {
+        sql.push("received_ns >= ?");
+        values.push(Value::Integer(ns(*from)));
+    }
+    if let Some(to) = to {
+        sql.push("received_ns < ?");
+        values.push(Value::Integer(ns(*to)));
+    }
+    if let Some(min) = min_severity {
+        let levels = [
+            Level::Informational,
+            Level::Low,
+            Level::Medium,
+            Level::High,
+            Level::Critical,
+        ];
+        // Levels are stored as text; five fixed placeholders keep the SQL static.
+        sql.push("level IN (?, ?, ?, ?, ?)");
+        for level in levels {
+            let keep = if level >= *min { level.as_str() } else { "" };
+            values.push(Value::Text(keep.to_owned()));
+        }
+    }
+    if let Some(rule) = rule {
+        sql.push("rule_id = ?");
+        values.push(Value::Text(rule.clone()));
+    }
+    if let Some(tag) = tag {
+        sql.push(
+            "EXISTS (SELECT 1 FROM json_each(alerts.json, '$.rule.tags') AS t WHERE t.value = ?)",
+        );
+        values.push(Value::Text(tag.clone()));
+    }
+    if let Some(host) = host {
+        sql.push("(sensor = ? OR json_extract(json, '$.host.name') = ?)");
+        values.push(Value::Text(host.clone()));
+        values.push(Value::Text(host.clone()));
+    }
+    if let Some(text) = text {
+        sql.push("json LIKE ? ESCAPE '\\'");
+        values.push(Value::Text(format!("%{}%", like_escape(text))));
+    }
+    (sql, values)
+}
+
+/// `text` as a literal inside a LIKE pattern with `ESCAPE '\'`.
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+fn where_sql(parts: &[&str]) -> String {
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", parts.join(" AND "))
+    }
+}
+
+fn alert_page(
+    conn: &Connection,
+    path: &Path,
+    filter: &AlertFilter,
+    cursor: Cursor,
+    limit: u32,
+) -> Result<AlertPage, StoreError> {
+    let (parts, values) = conditions(filter);
+    let total: i64 = conn
+        .query_row(
+            &format!("SELECT COUNT(*) FROM alerts{}", where_sql(&parts)),
+            params_from_iter(values.iter()),
+            |row| row.get(0),
+        )
+        .map_err(sqlite(path))?;
+    let mut page_parts = parts.clone();
+    let mut page_values = values.clone();
+    let order = match cursor {
+        Cursor::Before(Some(id)) => {
+            page_parts.push("id < ?");
+            page_values.push(Value::Integer(id));
+            "DESC"
+        }
+        Cursor::Before(None) => "DESC",
+        Cursor::After(id) => {
+            page_parts.push("id > ?");
+            page_values.push(Value::Integer(id));
+            "ASC"
+        }
+    };
+    // One more than asked tells whether another page exists.
+    page_values.push(Value::Integer(i64::from(limit) + 1));
+    let sql = format!(
+        "SELECT id, sensor, received_ns, json FROM alerts{} ORDER BY id {order} LIMIT ?",
+        where_sql(&page_parts)
+    );
+    let mut statement = conn.prepare(&sql).map_err(sqlite(path))?;
+    let mut rows = statement
+        .query(params_from_iter(page_values.iter()))
+        .map_err(sqlite(path))?;
+    let mut alerts = Vec::new();
+    let mut more = false;
+    while let Some(row) = rows.next().map_err(sqlite(path))? {
+        if alerts.len() == limit as usize {
+            more = true;
+            break;
+        }
+        let stored = stored_alert(row, path)?;
+        alerts.push(summary(stored));
+    }
+    let next_before = match cursor {
+        Cursor::Before(_) if more => alerts.last().map(|a| a.id),
+        _ => None,
+    };
+    Ok(AlertPage {
+        alerts,
+        total: u64::try_from(total).unwrap_or(0),
+        next_before,
+    })
+}
+
+fn stored_alert(row: &rusqlite::Row<'_>, path: &Path) -> Result<StoredAlert, StoreError> {
+    let id: i64 = row.get(0).map_err(sqlite(path))?;
+    let sensor: String = row.get(1).map_err(sqlite(path))?;
+    let received_ns: i64 = row.get(2).map_err(sqlite(path))?;
+    let json: String = row.get(3).map_err(sqlite(path))?;
+    let alert: Alert =
+        serde_json::from_str(&json).map_err(|source| StoreError::CorruptAlert { id, source })?;
+    Ok(StoredAlert {
+        id,
+        sensor,
+        received: Timestamp(u64::try_from(received_ns).unwrap_or(0)),
+        alert,
+    })
+}
+
+fn summary(stored: StoredAlert) -> AlertSummary {
+    let StoredAlert {
+        id,
+        sensor,
+        received,
+        alert,
+    } = stored;
+    AlertSummary {
+        id,
+        sensor,
+        received,
+        timestamp: alert.event.timestamp,
+        host: alert.event.host.name.clone(),
+        action: alert.event.event.action,
+        process: ProcessNode::of(&alert.event.process),
+        rule: alert.rule,
+    }
+}
+
+fn alert_detail(
+    conn: &Connection,
+    path: &Path,
+    id: i64,
+    before: std::time::Duration,
+    after: std::time::Duration,
+) -> Result<Option<AlertDetail>, StoreError> {
+    let alert = conn
+        .query_row(
+            "SELECT id, sensor, received_ns, json FROM alerts WHERE id = ?1",
+            params![id],
+            |row| Ok(stored_alert(row, path)),
+        )
+        .optional()
+        .map_err(sqlite(path))?
+        .transpose()?;
+    let Some(alert) = alert else {
+        return Ok(None);
+    };
+    let at = alert.alert.event.timestamp.unix_nanos();
+    let window_from = Timestamp(at.saturating_sub(duration_ns(before)));
+    let window_to = Timestamp(at.saturating_add(duration_ns(after)));
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT id, json FROM events WHERE sensor = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3
+             ORDER BY ts_ns, id LIMIT ?4",
+        )
+        .map_err(sqlite(path))?;
+    let mut rows = statement
+        .query(params![
+            alert.sensor,
+            ns(window_from),
+            ns(window_to),
+            MAX_WINDOW_EVENTS
+        ])
+        .map_err(sqlite(path))?;
+    let mut window = Vec::new();
+    while let Some(row) = rows.next().map_err(sqlite(path))? {
+        let event_id: i64 = row.get(0).map_err(sqlite(path))?;
+        let json: String = row.get(1).map_err(sqlite(path))?;
+        // A stored event that no longer parses is skipped, not fatal: the alert is still
+        // worth showing.
+        if let Ok(event) = serde_json::from_str::<Event>(&json) {
+            window.push(StoredEvent {
+                id: Some(event_id),
+                event,
+            });
+        }
+    }
+    let read_all = window.len() < MAX_WINDOW_EVENTS as usize;
+    let lookback_from = Timestamp(
+        window_from
+            .unix_nanos()
+            .saturating_sub(duration_ns(ANCESTRY_LOOKBACK)),
+    );
+    let ancestry = ancestry(conn, path, &alert, &window, (lookback_from, window_to))?;
+    let (tree, mut events, tree_complete) = process_tree(&alert.alert.event.process, window);
+    with_alert_event(&mut events, &alert.alert.event);
+    Ok(Some(AlertDetail {
+        alert,
+        ancestry,
+        tree,
+        events,
+        window_from,
+        window_to,
+        truncated: !(read_all && tree_complete),
+    }))
+}
+
+/// Puts the alert's own event in the timeline, in time order, unless its telemetry copy (same
+/// process, same sensor sequence number) is already there.
+fn with_alert_event(events: &mut Vec<StoredEvent>, alerted: &Event) {
+    let same = |e: &StoredEvent| {
+        e.event.event.sequence == alerted.event.sequence
+            && e.event.process.entity_id == alerted.process.entity_id
+    };
+    if events.iter().any(same) {
+        return;
+    }
+    let at = events.partition_point(|e| e.event.timestamp <= alerted.timestamp);
+    let mut event = alerted.clone();
+    // Stored as an alert, the event says so; in the timeline it is what happened.
+    event.event.kind = "event".into();
+    events.insert(at, StoredEvent { id: None, event });
+}
+
+fn duration_ns(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The alert's process, then each parent: from the newest stored event of that parent when
+/// there is one (full facts and the next parent up), else from what its child's event said.
+/// The window's events are looked at first (already read); older ancestors are looked up in
+/// `range` (the LIKE is a cheap prefilter, the json_extract the exact test).
+fn ancestry(
+    conn: &Connection,
+    path: &Path,
+    alert: &StoredAlert,
+    window: &[StoredEvent],
+    range: (Timestamp, Timestamp),
+) -> Result<Vec<ProcessNode>, StoreError> {
+    let process = &alert.alert.event.process;
+    let mut chain = vec![ProcessNode::of(process)];
+    let mut parent = process.parent.as_deref().cloned();
+    let mut seen = HashSet::from([process.entity_id.clone()]);
+    // The newest event of each process in the window (events are oldest first).
+    let newest: std::collections::HashMap<&str, &Event> = window
+        .iter()
+        .map(|e| (e.event.process.entity_id.as_str(), &e.event))
+        .collect();
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT json FROM events WHERE sensor = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3
+               AND json LIKE ?4 ESCAPE '\\'
+               AND json_extract(json, '$.process.entity_id') = ?5
+             ORDER BY ts_ns DESC LIMIT 1",
+        )
+        .map_err(sqlite(path))?;
+    while let Some(p) = parent.take() {
+        if p.entity_id.is_empty() || !seen.insert(p.entity_id.clone()) {
+            break;
+        }
+        if chain.len() >= MAX_ANCESTRY {
+            break;
+        }
+        let found = match newest.get(p.entity_id.as_str()) {
+            Some(event) => Some((*event).clone()),
+            None => {
+                let pattern = format!("%\"entity_id\":\"{}\"%", like_escape(&p.entity_id));
+                let json: Option<String> = statement
+                    .query_row(
+                        params![alert.sensor, ns(range.0), ns(range.1), pattern, p.entity_id],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(sqlite(path))?;
+                json.and_then(|j| serde_json::from_str::<Event>(&j).ok())
+            }
+        };
+        match found {
+            Some(event) => {
+                chain.push(ProcessNode::of(&event.process));
+                parent = event.process.parent.map(|b| *b);
+            }
+            None => chain.push(ProcessNode::of_parent(&p)),
+        }
+    }
+    Ok(chain)
+}
+
+/// From the window's events (oldest first), the alert's process and its descendants (a child
+/// joins when an event names a member as its parent), and the events of those processes.
+/// Pure: unit-tested without a database. The flag is false when events were cut.
+fn process_tree(
+    root: &vigil_proto::Process,
+    window: Vec<StoredEvent>,
+) -> (Vec<ProcessNode>, Vec<StoredEvent>, bool) {
+    let mut members: Vec<ProcessNode> = vec![ProcessNode::of(root)];
+    let mut index = std::collections::HashMap::from([(root.entity_id.clone(), 0usize)]);
+    let mut events = Vec::new();
+    let mut complete = true;
+    for stored in window {
+        let process = &stored.event.process;
+        let parent_in_tree = process
+            .parent
+            .as_ref()
+            .is_some_and(|p| index.contains_key(&p.entity_id));
+        match index.get(&process.entity_id) {
+            // The latest facts win (an exec replaces the name and command line of a fork).
+            Some(&i) => {
+                if let Some(node) = members.get_mut(i) {
+                    *node = ProcessNode::of(process);
+                }
+            }
+            None if parent_in_tree => {
+                index.insert(process.entity_id.clone(), members.len());
+                members.push(ProcessNode::of(process));
+            }
+            None => continue,
+        }
+        if events.len() < MAX_TREE_EVENTS {
+            events.push(stored);
+        } else {
+            complete = false;
+        }
+    }
+    (members, events, complete)
+}
+
+fn counts(
+    conn: &Connection,
+    path: &Path,
+    filter: &AlertFilter,
+    bucket: std::time::Duration,
+) -> Result<Vec<CountBucket>, StoreError> {
+    let (parts, mut values) = conditions(filter);
+    let width = i64::try_from(bucket.as_nanos()).unwrap_or(i64::MAX).max(1);
+    let sql = format!(
+        "SELECT (received_ns / ?) * ? AS bucket, level, COUNT(*) FROM alerts{}
+         GROUP BY bucket, level ORDER BY bucket",
+        where_sql(&parts)
+    );
+    values.insert(0, Value::Integer(width));
+    values.insert(0, Value::Integer(width));
+    let mut statement = conn.prepare(&sql).map_err(sqlite(path))?;
+    let mut rows = statement
+        .query(params_from_iter(values.iter()))
+        .map_err(sqlite(path))?;
+    let mut out: Vec<CountBucket> = Vec::new();
+    while let Some(row) = rows.next().map_err(sqlite(path))? {
+        let start: i64 = row.get(0).map_err(sqlite(path))?;
+        let level: String = row.get(1).map_err(sqlite(path))?;
+        let n: i64 = row.get(2).map_err(sqlite(path))?;
+        let n = u64::try_from(n).unwrap_or(0);
+        let start = Timestamp(u64::try_from(start).unwrap_or(0));
+        if out.last().map(|b| b.start) != Some(start) {
+            out.push(CountBucket {
+                start,
+                total: 0,
+                by_level: Default::default(),
+            });
+        }
+        if let Some(last) = out.last_mut() {
+            last.total += n;
+            if let Ok(level) = serde_json::from_value::<Level>(serde_json::Value::String(level)) {
+                *last.by_level.entry(level).or_default() += n;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_proto::{ParentProcess, Process};
+
+    fn process(entity: &str, pid: u32, parent: Option<&str>) -> Process {
+        Process {
+            pid,
+            entity_id: entity.into(),
+            name: format!("p{pid}"),
+            parent: parent.map(|p| {
+                Box::new(ParentProcess {
+                    entity_id: p.into(),
+                    ..ParentProcess::default()
+                })
+            }),
+            ..Process::default()
+        }
+    }
+
+    fn stored(id: i64, process: Process) -> StoredEvent {
+        StoredEvent {
+            id: Some(id),
+            event: Event {
+                process,
+                ..Event::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_tree_holds_descendants_and_only_their_events() {
+        let root = process("r", 10, Some("shell"));
+        let window = vec![
+            stored(1, process("shell", 5, Some("init"))),
+            stored(2, root.clone()),
+            stored(3, process("c1", 11, Some("r"))),
+            stored(4, process("other", 99, Some("shell"))),
+            stored(5, process("g1", 12, Some("c1"))),
+            stored(6, process("c1", 11, Some("r"))),
+        ];
+        let (tree, events, complete) = process_tree(&root, window);
+        let ids: Vec<_> = tree.iter().map(|n| n.entity_id.as_str()).collect();
+        assert_eq!(ids, ["r", "c1", "g1"]);
+        assert_eq!(tree[2].parent_entity_id.as_deref(), Some("c1"));
+        let event_ids: Vec<_> = events.iter().map(|e| e.id).collect();
+        assert_eq!(event_ids, [Some(2), Some(3), Some(5), Some(6)]);
+        assert!(complete);
+    }
+
+    #[test]
+    fn the_alerts_own_event_is_in_the_timeline_once() {
+        let at = |ns: u64, seq: u64, entity: &str| {
+            let mut e = stored(0, process(entity, 1, None)).event;
+            e.timestamp = Timestamp(ns);
+            e.event.sequence = seq;
+            e
+        };
+        let mut events = vec![
+            StoredEvent {
+                id: Some(1),
+                event: at(10, 1, "r"),
+            },
+            StoredEvent {
+                id: Some(2),
+                event: at(30, 3, "r"),
+            },
+        ];
+        with_alert_event(&mut events, &at(20, 2, "r"));
+        let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [Some(1), None, Some(2)]);
+        with_alert_event(&mut events, &at(30, 3, "r"));
+        assert_eq!(events.len(), 3, "already there as telemetry");
+    }
+
+    #[test]
+    fn filters_escape_like_wildcards() {
+        let (sql, values) = conditions(&AlertFilter {
+            text: Some("50%_off\\".into()),
+            min_severity: Some(Level::High),
+            ..AlertFilter::default()
+        });
+        assert_eq!(sql.len(), 2);
+        assert_eq!(values[0], Value::Text(String::new()));
+        assert_eq!(values[3], Value::Text("high".into()));
+        assert_eq!(values[5], Value::Text("%50\\%\\_off\\\\%".into()));
+    }
+}
