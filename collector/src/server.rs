@@ -97,10 +97,12 @@ pub struct Collector {
     writer: Writer,
     reloader: Reloader,
     reload: ReloadHandle,
-    /// Routes and their feed of committed alerts, started by [`Collector::run`].
+    /// Routes, their feed of committed alerts, and the last alert id stored before it was
+    /// joined; started by [`Collector::run`].
     outputs: (
         BTreeMap<String, RouteConfig>,
         broadcast::Receiver<StoredAlert>,
+        i64,
     ),
 }
 
@@ -151,6 +153,9 @@ impl Collector {
         let (store, writer) = tokio::task::spawn_blocking(move || Store::open(&database, fanout))
             .await
             .map_err(|_| StoreError::TaskFailed)??;
+        // NB: read before any sensor can connect (the endpoint is bound below), with the
+        // outputs' feed already joined: every alert after this id reaches the feed.
+        let outputs_after = store.last_alert_id().await?;
         let endpoint =
             quinn::Endpoint::server(server, *listen).map_err(|source| CollectorError::Bind {
                 addr: *listen,
@@ -179,7 +184,7 @@ impl Collector {
             writer,
             reloader,
             reload: ReloadHandle::default(),
-            outputs: (outputs.clone(), to_outputs),
+            outputs: (outputs.clone(), to_outputs, outputs_after),
         })
     }
 
@@ -207,9 +212,9 @@ impl Collector {
             writer,
             mut reloader,
             reload,
-            outputs: (routes, to_outputs),
+            outputs: (routes, to_outputs, outputs_after),
         } = self;
-        let outputs = Outputs::start(&routes, to_outputs, shared.store.clone());
+        let outputs = Outputs::start(&routes, to_outputs, outputs_after, shared.store.clone());
         let mut watch = tokio::time::interval(WATCH_INTERVAL);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
