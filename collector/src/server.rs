@@ -107,10 +107,12 @@ pub struct Collector {
     retention: Retention,
     reloader: Reloader,
     reload: ReloadHandle,
-    /// Routes and their feed of committed alerts, started by [`Collector::run`].
+    /// Routes, their feed of committed alerts, and the last alert id stored before it was
+    /// joined; started by [`Collector::run`].
     outputs: (
         BTreeMap<String, RouteConfig>,
         broadcast::Receiver<StoredAlert>,
+        i64,
     ),
     /// The web console, when configured.
     console: Option<crate::console::Console>,
@@ -165,6 +167,9 @@ impl Collector {
         };
         let target = config.store_target();
         let (store, closer) = store::open(&target, alerts.clone()).await?;
+        // NB: read before any sensor can connect (the endpoint is bound below), with the
+        // outputs' feed already joined: every alert after this id reaches the feed.
+        let outputs_after = store.last_alert_id().await?;
         let endpoint =
             quinn::Endpoint::server(server, *listen).map_err(|source| CollectorError::Bind {
                 addr: *listen,
@@ -203,7 +208,7 @@ impl Collector {
             retention: *retention,
             reloader,
             reload: ReloadHandle::default(),
-            outputs: (outputs.clone(), to_outputs),
+            outputs: (outputs.clone(), to_outputs, outputs_after),
             console,
         })
     }
@@ -233,12 +238,12 @@ impl Collector {
             retention,
             mut reloader,
             reload,
-            outputs: (routes, to_outputs),
+            outputs: (routes, to_outputs, outputs_after),
             console,
         } = self;
         let maintenance = tokio::spawn(maintain(shared.store.clone(), retention));
         let silence = tokio::spawn(crate::health::watch_silence(shared.store.clone()));
-        let outputs = Outputs::start(&routes, to_outputs, shared.store.clone());
+        let outputs = Outputs::start(&routes, to_outputs, outputs_after, shared.store.clone());
         let (stop_console, console_stopped) = tokio::sync::oneshot::channel::<()>();
         let console = console.map(|console| {
             tokio::spawn(console.run(async move {

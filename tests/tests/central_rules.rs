@@ -195,9 +195,12 @@ fn a_pushed_rule_set_fires_on_a_running_sensor_and_a_badly_signed_one_is_refused
         "rules-sensor runs no central rule set yet",
         Duration::from_secs(20),
     );
-    // Before the push the central marker raises nothing (checked below, once later alerts
-    // show the sensor's alerts up to then are all stored).
+    // Before the push the central marker raises nothing. NB: rules apply to events the
+    // sensor processes after the swap, so the push waits until the sensor has processed
+    // this exec: the local rule's alert for the next exec is stored.
     setup.exec_marked(&central_marker);
+    setup.exec_marked(&local_marker);
+    setup.wait_alerts(&local_marker, 1, &sensor);
 
     let central = setup.rule_dir(
         "central",
@@ -223,8 +226,11 @@ fn a_pushed_rule_set_fires_on_a_running_sensor_and_a_badly_signed_one_is_refused
     setup.exec_marked(&central_marker);
     setup.exec_marked(&local_marker);
     assert_eq!(
-        setup.wait_alerts(&local_marker, 1, &sensor),
-        ["Vigil e2e - central rule local"],
+        setup.wait_alerts(&local_marker, 2, &sensor),
+        [
+            "Vigil e2e - central rule local",
+            "Vigil e2e - central rule local"
+        ],
         "local rules still apply"
     );
     assert_eq!(

@@ -16,7 +16,6 @@ mod sink;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinSet;
@@ -42,11 +41,13 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// Starts one task per route plus the dispatcher. `live` must be subscribed before the
-    /// dispatcher reads the store's last id, which it does first.
+    /// Starts one task per route plus the dispatcher, which forwards the alerts after
+    /// `after_id` (the last one stored when `live` was joined: outputs carry what happens
+    /// from now on, not the history).
     pub fn start(
         routes: &BTreeMap<String, RouteConfig>,
         live: broadcast::Receiver<StoredAlert>,
+        after_id: i64,
         store: Store,
     ) -> Outputs {
         let (stop, stopped) = watch::channel(false);
@@ -79,7 +80,7 @@ impl Outputs {
             queues.push(queue);
         }
         if !queues.is_empty() {
-            tasks.spawn(dispatch(live, store, queues, stopped));
+            tasks.spawn(dispatch(live, after_id, store, queues, stopped));
         }
         Outputs { stop, tasks }
     }
@@ -144,23 +145,12 @@ impl RouteQueue {
 /// Follows committed alerts and offers each, once and in id order, to every route.
 async fn dispatch(
     mut live: broadcast::Receiver<StoredAlert>,
+    after_id: i64,
     store: Store,
     routes: Vec<Arc<RouteQueue>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Alerts stored before this start are not sent again: outputs carry what happens now.
-    let mut last = loop {
-        match store.last_alert_id().await {
-            Ok(id) => break id,
-            Err(e) => {
-                error!("alert outputs cannot read the store, retrying: {e}");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }
-    };
+    let mut last = after_id;
     loop {
         tokio::select! {
             received = live.recv() => match received {
