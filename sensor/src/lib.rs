@@ -225,7 +225,8 @@ pub async fn run(
                 redactor.redact_event(&mut alert.event);
                 out.alert(alert);
             }
-            if event.event.action == EventAction::Exec && event.details.is_empty() {
+            // The kernel's exec record, not the execveat syscall record (which names its syscall).
+            if event.event.action == EventAction::Exec && !event.details.contains_key("syscall") {
                 // The running image first (a file replaced since exec is not it); the path
                 // when the process is already gone.
                 let candidates = [
