@@ -215,9 +215,11 @@ impl<V: SystemView> Enricher<V> {
         };
         let described = describe(syscall, &paths)?;
         if let (Some(prefixes), Some(file)) = (&self.file_prefixes, &described.file) {
+            // The kernel sees relative paths unresolved, and compares only the first
+            // PREFIX_KEY_LEN bytes of absolute ones: both are checked again here.
             let relative = syscall.strings[0]
                 .as_deref()
-                .is_some_and(|p| !p.starts_with('/'));
+                .is_some_and(|p| !p.starts_with('/') || p.len() >= vigil_common::PREFIX_KEY_LEN);
             if relative
                 && is_file_kind(syscall.kind)
                 && !prefixes.iter().any(|p| file.path.starts_with(p.as_str()))
