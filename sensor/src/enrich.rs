@@ -107,6 +107,9 @@ pub struct ProcessInfo {
     pub executable: String,
     pub args: Vec<String>,
     pub working_directory: Option<String>,
+    /// The effective uid last seen (exec, fork, a syscall record, a setuid's new id), so that
+    /// an exec that changes it (a setuid binary) says so. `None` when unknown.
+    pub euid: Option<u32>,
 }
 
 impl ProcessInfo {
@@ -231,9 +234,11 @@ impl<V: SystemView> Enricher<V> {
         };
         let described = describe(syscall, &paths)?;
         if let (Some(prefixes), Some(file)) = (&self.file_prefixes, &described.file) {
+            // The kernel sees relative paths unresolved, and compares only the first
+            // PREFIX_KEY_LEN bytes of absolute ones: both are checked again here.
             let relative = syscall.strings[0]
                 .as_deref()
-                .is_some_and(|p| !p.starts_with('/'));
+                .is_some_and(|p| !p.starts_with('/') || p.len() >= vigil_common::PREFIX_KEY_LEN);
             if relative
                 && is_file_kind(syscall.kind)
                 && !prefixes.iter().any(|p| file.path.starts_with(p.as_str()))
@@ -259,6 +264,18 @@ impl<V: SystemView> Enricher<V> {
             details,
         } = described;
         let now = syscall.subject.boot_ns;
+        if let Some(known) = self.table.get_mut(&pid) {
+            // Credential records carry the ids from before the call; their details, after.
+            known.euid = match action {
+                EventAction::SetUid if syscall.ret >= 0 => details
+                    .get("uid.effective")
+                    .or_else(|| details.get("uid.new"))
+                    .and_then(|u| u.parse().ok())
+                    .or(known.euid),
+                EventAction::SetUid | EventAction::SetGid | EventAction::Capset => known.euid,
+                _ => Some(syscall.subject.euid),
+            };
+        }
         match (action, &mut destination, &mut file) {
             (EventAction::Connect, Some(endpoint), _) => {
                 if let Ok(ip) = endpoint.ip.parse() {
@@ -351,6 +368,7 @@ impl<V: SystemView> Enricher<V> {
             executable: self.view.executable(subject.tgid).unwrap_or_default(),
             args: Vec::new(),
             working_directory: None,
+            euid: Some(subject.euid),
         }
     }
 
@@ -384,6 +402,7 @@ impl<V: SystemView> Enricher<V> {
                     None => filename,
                 })
         };
+        let previous_euid = self.table.get(&pid).and_then(|p| p.euid);
         let info = ProcessInfo {
             tgid: pid,
             ppid: subject.ppid,
@@ -393,10 +412,20 @@ impl<V: SystemView> Enricher<V> {
             executable,
             args,
             working_directory,
+            euid: Some(subject.euid),
         };
         self.table.insert(pid, info.clone());
         let mut event = self.event(EventAction::Exec, &subject, &info);
         event.process.args_truncated = args_truncated;
+        // A set-user-ID image (or file capabilities) changed who the process acts as.
+        if let Some(previous) = previous_euid.filter(|p| *p != subject.euid) {
+            event
+                .details
+                .insert("exec.euid_changed".into(), "true".into());
+            event
+                .details
+                .insert("exec.previous_euid".into(), previous.to_string());
+        }
         event
     }
 
@@ -417,6 +446,7 @@ impl<V: SystemView> Enricher<V> {
                 .map(|p| p.args.clone())
                 .unwrap_or_default(),
             working_directory: inherited.and_then(|p| p.working_directory),
+            euid: Some(child.euid),
         };
         self.table.insert(child.tgid, info.clone());
         self.event(EventAction::Fork, &child, &info)
@@ -437,6 +467,7 @@ impl<V: SystemView> Enricher<V> {
                 executable: String::new(),
                 args: Vec::new(),
                 working_directory: None,
+                euid: None,
             });
         let mut event = self.event(EventAction::Exit, &subject, &info);
         let signal = (status & 0x7f) as i32;
@@ -611,6 +642,7 @@ mod tests {
             executable: "/usr/bin/bash".into(),
             args: vec!["bash".into(), "-l".into()],
             working_directory: Some("/root".into()),
+            euid: Some(1000),
         }
     }
 

@@ -363,7 +363,7 @@ pub async fn run(
             for alert in alerts {
                 emit_alert(alert, &redactor, &metrics, &mut out);
             }
-            // Only exec events from the exec hook (a syscall-based one names its syscall).
+            // The kernel's exec record, not the execveat syscall record (which names its syscall).
             if event.event.action == EventAction::Exec && !event.details.contains_key("syscall") {
                 // The running image first (a file replaced since exec is not it); the path
                 // when the process is already gone.

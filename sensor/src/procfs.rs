@@ -55,10 +55,24 @@ impl ProcFs {
                     executable: self.executable(pid).unwrap_or_default(),
                     args: split_nul(&cmdline),
                     working_directory: self.working_directory(pid),
+                    euid: fs::read_to_string(self.root.join(pid.to_string()).join("status"))
+                        .ok()
+                        .and_then(|status| effective_uid(&status)),
                 })
             })
             .collect()
     }
+}
+
+/// The effective uid of a /proc/PID/status text (`Uid:` real, effective, saved, fs).
+fn effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 impl Default for ProcFs {
@@ -186,6 +200,15 @@ fn boot_unix_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn effective_uid_is_the_second_uid_of_status() {
+        assert_eq!(
+            effective_uid("Name:\tsu\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n"),
+            Some(0)
+        );
+        assert_eq!(effective_uid("Name:\tx\n"), None);
+    }
 
     #[test]
     fn stat_with_hostile_comm_parses() {

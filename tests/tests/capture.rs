@@ -135,6 +135,30 @@ fn setuid_in_a_child_is_a_credential_change() {
 }
 
 #[test]
+fn an_exec_of_a_setuid_binary_says_the_effective_uid_changed() {
+    require_root();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // nobody must reach the binary; root owns it, with the set-user-ID bit.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let binary = dir.path().join("vigil-suid-true");
+    std::fs::copy("/bin/true", &binary).expect("copy /bin/true");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+    let marker = vigil_tests::marker("suid");
+    let sensor = sensor();
+    let (pid, _) = act(&["exec-as-nobody", binary.to_str().expect("utf-8"), &marker]);
+    let exec = event_where(&sensor, pid, "exec", |e| {
+        e["process"]["args"][1] == marker.as_str()
+    });
+    assert_eq!(exec["process"]["user"]["id"], 0, "effective uid after exec");
+    assert_eq!(exec["user"]["id"], 65534, "real uid");
+    assert_eq!(exec["details"]["exec.euid_changed"], "true", "{exec}");
+    assert_eq!(exec["details"]["exec.previous_euid"], "65534");
+    // The hash is still computed for such an exec.
+    assert!(exec["process"]["hash"]["sha256"].is_string(), "{exec}");
+}
+
+#[test]
 fn ptrace_attach_and_kill_name_their_target() {
     require_root();
     let sensor = sensor();

@@ -56,6 +56,7 @@ fn main() -> ExitCode {
         "mprotect-exec" => mprotect_exec(),
         "resolve-connect" => resolve_connect(arg(1), arg(2)),
         "dns-sendto" => dns_sendto(arg(1), arg(2)),
+        "exec-as-nobody" => exec_as_nobody(arg(1), arg(2)),
         "uring-write-read" => uring_write_read(arg(1)),
         other => Err(format!("unknown operation {other:?}")),
     };
@@ -277,5 +278,16 @@ fn dns_sendto(resolver: &str, name: &str) -> Result<(), String> {
         .recv_from(&mut answer)
         .map_err(|e| format!("recvfrom: {e}"))?;
     println!("answer {len} bytes from {from}");
+    Ok(())
+}
+
+/// Drops every uid to 65534 (nobody), then execs PATH with one argument, MARKER: with a
+/// set-user-ID root PATH, the exec makes the process root again.
+fn exec_as_nobody(path: &str, marker: &str) -> Result<(), String> {
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    nix::unistd::setresuid(nobody, nobody, nobody).map_err(|e| e.to_string())?;
+    let path = CString::new(path).map_err(|e| e.to_string())?;
+    let marker = CString::new(marker).map_err(|e| e.to_string())?;
+    nix::unistd::execv(&path, &[path.clone(), marker]).map_err(|e| e.to_string())?;
     Ok(())
 }
