@@ -366,8 +366,8 @@ fn event(sequence: u64, host: &str, action: EventAction, process: Process) -> Ev
 fn alert(rule: &str, level: Level, tags: &[&str], event: Event) -> Alert {
     let mut event = event;
     event.event.kind = "alert".into();
-    Alert {
-        rule: RuleInfo {
+    Alert::new(
+        RuleInfo {
             id: rule.into(),
             title: format!("Rule {rule}"),
             level,
@@ -376,7 +376,7 @@ fn alert(rule: &str, level: Level, tags: &[&str], event: Event) -> Alert {
             author: None,
         },
         event,
-    }
+    )
 }
 
 /// Signs `alice` in and returns the browser.

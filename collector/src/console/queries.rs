@@ -365,8 +365,11 @@ fn stored_alert(row: &rusqlite::Row<'_>, path: &Path) -> Result<StoredAlert, Sto
     let sensor: String = row.get(1).map_err(sqlite(path))?;
     let received_ns: i64 = row.get(2).map_err(sqlite(path))?;
     let json: String = row.get(3).map_err(sqlite(path))?;
-    let alert: Alert =
-        serde_json::from_str(&json).map_err(|source| StoreError::CorruptAlert { id, source })?;
+    let alert: Alert = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+        what: "alert",
+        id,
+        source,
+    })?;
     Ok(StoredAlert {
         id,
         sensor,
