@@ -668,7 +668,8 @@ fn with_capture_kinds_rules_the_kernel_captures_only_what_the_rules_read() {
     std::fs::write(&existing, b"x").expect("write");
     let (chmod_pid, _) = act(&["chmod", existing.to_str().expect("utf-8"), "600"]);
     let elsewhere = unwatched.path().join("elsewhere");
-    let (elsewhere_pid, _) = act(&["open-write", elsewhere.to_str().expect("utf-8")]);
+    let elsewhere = elsewhere.to_str().expect("utf-8");
+    let (elsewhere_pid, _) = act(&["open-write", elsewhere]);
     let inside = watched.path().join("inside");
     let inside = inside.to_str().expect("utf-8");
     let (inside_pid, _) = act(&["open-write", inside]);
@@ -677,6 +678,8 @@ fn with_capture_kinds_rules_the_kernel_captures_only_what_the_rules_read() {
     let (connect_pid, _) = act(&["connect", &listener.local_addr().expect("addr").to_string()]);
     event_of(&sensor, connect_pid, "connect");
 
+    // NB: by path, not "any open of that pid": an open whose path the kernel cannot read at
+    // entry (a page not yet faulted in, as for the loader's first opens) is sent unfiltered.
     let events = json_lines(&sensor.stdout_lines());
     assert!(
         !events
@@ -687,7 +690,7 @@ fn with_capture_kinds_rules_the_kernel_captures_only_what_the_rules_read() {
     assert!(
         !events
             .iter()
-            .any(|e| e["process"]["pid"] == elsewhere_pid && e["event"]["action"] == "open"),
+            .any(|e| e["process"]["pid"] == elsewhere_pid && e["file"]["path"] == elsewhere),
         "an open outside the rule's prefix was captured"
     );
 
@@ -713,7 +716,8 @@ fn with_capture_kinds_rules_the_kernel_captures_only_what_the_rules_read() {
     })
     .unwrap_or_else(|| panic!("no prefix update after SIGHUP:\n{}", sensor.stderr_text()));
     let old_place = watched.path().join("after-reload");
-    let (old_pid, _) = act(&["open-write", old_place.to_str().expect("utf-8")]);
+    let old_place = old_place.to_str().expect("utf-8");
+    let (old_pid, _) = act(&["open-write", old_place]);
     let new_place = unwatched.path().join("after-reload");
     let new_place = new_place.to_str().expect("utf-8");
     let (new_pid, _) = act(&["open-write", new_place]);
@@ -721,7 +725,7 @@ fn with_capture_kinds_rules_the_kernel_captures_only_what_the_rules_read() {
     assert!(
         !json_lines(&sensor.stdout_lines())
             .iter()
-            .any(|e| e["process"]["pid"] == old_pid && e["event"]["action"] == "open"),
+            .any(|e| e["process"]["pid"] == old_pid && e["file"]["path"] == old_place),
         "the old prefix is still watched after the reload"
     );
 }
