@@ -237,7 +237,8 @@ const INIT: &str = r#"#!/bin/busybox sh
 echo "vm: kernel $(/bin/busybox uname -r), lockdown: $(/bin/busybox cat /sys/kernel/security/lockdown 2>/dev/null), lsm: $(/bin/busybox cat /sys/kernel/security/lsm 2>/dev/null)"
 /vigil/vigil-sensor doctor
 # TCG emulates every instruction: wall-clock bounds in the tests are stretched 4 times.
-export VIGIL_BIN_DIR=/vigil PATH=/bin:/vigil HOME=/tmp TMPDIR=/tmp NO_COLOR=1 VIGIL_TEST_TIME_SCALE=4
+# fentry and BPF LSM load on this kernel: the probe test asserts they are chosen.
+export VIGIL_BIN_DIR=/vigil PATH=/bin:/vigil HOME=/tmp TMPDIR=/tmp NO_COLOR=1 VIGIL_TEST_TIME_SCALE=4 VIGIL_EXPECT_FENTRY=1
 if /vigil/kernel-tests --test-threads=1; then echo "init: success"; else echo "init: failure"; fi
 /bin/busybox sync
 /bin/busybox poweroff -f
