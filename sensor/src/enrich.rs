@@ -424,8 +424,14 @@ impl<V: SystemView> Enricher<V> {
         self.table.insert(pid, info.clone());
         let mut event = self.event(EventAction::Exec, &subject, &info);
         event.process.args_truncated = args_truncated;
-        // A set-user-ID image (or file capabilities) changed who the process acts as.
-        if let Some(previous) = previous_euid.filter(|p| *p != subject.euid) {
+        // A set-user-ID image (or file capabilities) changed who the process acts as. The table
+        // may not know yet: a setuid() just before the exec comes on the bulk lane and can be
+        // read after this exec (critical lane). An effective uid that differs from the real one
+        // right after exec is then the sign, with the real uid as the one it acted as before.
+        let previous_euid = previous_euid
+            .filter(|p| *p != subject.euid)
+            .or_else(|| (subject.uid != subject.euid).then_some(subject.uid));
+        if let Some(previous) = previous_euid {
             event
                 .details
                 .insert("exec.euid_changed".into(), "true".into());
