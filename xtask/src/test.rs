@@ -30,7 +30,10 @@ pub fn run() -> anyhow::Result<()> {
     } = build::all()?;
     let root = workspace_root();
 
-    eprintln!("xtask: tier lint: rustfmt, clippy");
+    eprintln!(
+        "xtask: tier lint: rustfmt, clippy (at {:.0?})",
+        started.elapsed()
+    );
     exec(
         Command::new(cargo())
             .args(["fmt", "--all", "--", "--check"])
@@ -60,7 +63,10 @@ pub fn run() -> anyhow::Result<()> {
             None
         }
     };
-    eprintln!("xtask: tier unit/rules/network");
+    eprintln!(
+        "xtask: tier unit/rules/network (at {:.0?})",
+        started.elapsed()
+    );
     let mut unit = Command::new(cargo());
     unit.args(["test", "--workspace", "--exclude", "vigil-tests"])
         .current_dir(&root)
@@ -72,7 +78,10 @@ pub fn run() -> anyhow::Result<()> {
     exec(&mut unit)?;
 
     audit::run()?;
-    eprintln!("xtask: tier fuzz smoke: {FUZZ_SMOKE_SECONDS} s per target");
+    eprintln!(
+        "xtask: tier fuzz smoke: {FUZZ_SMOKE_SECONDS} s per target (at {:.0?})",
+        started.elapsed()
+    );
     fuzz::run(FUZZ_SMOKE_SECONDS, None)?;
 
     if nix::unistd::geteuid().is_root() {
@@ -86,7 +95,10 @@ pub fn run() -> anyhow::Result<()> {
             eprintln!("xtask: WARNING: the console browser test will be SKIPPED: {e:#}");
         }
         let debs = package::build(package::Profile::Dev)?;
-        eprintln!("xtask: tier kernel/end-to-end/operations (root)");
+        eprintln!(
+            "xtask: tier kernel/end-to-end/operations (root) (at {:.0?})",
+            started.elapsed()
+        );
         exec(
             Command::new(cargo())
                 .args(["test", "-p", "vigil-tests", "--", "--test-threads=1"])
@@ -102,6 +114,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     // Debian's 6.1 kernel under QEMU (TCG): the kernel tier on a second kernel, skipped loudly
     // where QEMU or the kernel package cannot be had.
+    eprintln!("xtask: tier VM (at {:.0?})", started.elapsed());
     vm::run()?;
     eprintln!("xtask: all tiers passed in {:.0?}", started.elapsed());
     Ok(())
