@@ -79,7 +79,7 @@ fn main() -> std::process::ExitCode {
     match start(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vigil-collector: {}", one_line(&e));
+            eprintln!("vigil-collector: {}", vigil_ops::error_line(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -127,19 +127,4 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
-}
-
-/// The error chain on one line, without repeating a cause its parent already quoted.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
 }

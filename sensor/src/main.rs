@@ -162,7 +162,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vigil-sensor: {e:#}");
+            eprintln!("vigil-sensor: {}", vigil_ops::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
