@@ -202,27 +202,9 @@ impl From<&TlsConfig> for TlsFiles {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid YAML, or a key is unknown or has a value of the wrong kind.
-    #[error("{}:{line}:{column}: {}{message}", path.display(), key.as_deref().map(|k| format!("{k}: ")).unwrap_or_default())]
-    Invalid {
-        path: PathBuf,
-        /// 1-based; 0 when the parser could not tell.
-        line: usize,
-        column: usize,
-        /// The dotted path of the offending key (`tls.ca`), when known.
-        key: Option<String>,
-        message: String,
-    },
-}
+/// Why the config could not be loaded: the same errors, naming file, line and key, as the
+/// sensor's (both read layered YAML through [`vigil_ops::layered`]).
+pub use vigil_ops::layered::LayeredError as ConfigError;
 
 impl CollectorConfig {
     /// Where events and alerts go: PostgreSQL when `store` is set, else SQLite at `database`.
@@ -244,25 +226,7 @@ impl CollectorConfig {
     pub fn from_yaml_file_with_metrics(
         path: &Path,
     ) -> Result<(Self, Option<MetricsConfig>), ConfigError> {
-        use vigil_ops::layered::LayeredError;
-        vigil_ops::layered::load::<CollectorFile>(path)
-            .map(|l| l.value.split())
-            .map_err(|e| match e {
-                LayeredError::Read { path, source } => ConfigError::Read { path, source },
-                LayeredError::Invalid {
-                    path,
-                    line,
-                    column,
-                    key,
-                    message,
-                } => ConfigError::Invalid {
-                    path,
-                    line,
-                    column,
-                    key,
-                    message,
-                },
-            })
+        vigil_ops::layered::load::<CollectorFile>(path).map(|l| l.value.split())
     }
 
     /// One in-memory file (what [`Self::from_yaml_file`] reads, without drop-ins); public for
