@@ -286,18 +286,13 @@ impl Collector for ActiveSensors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::{Encoder, TextEncoder};
 
     #[test]
     fn batches_show_up_in_the_exposition() {
         let metrics = CollectorMetrics::new().expect("metrics register");
         metrics.batch("web-01", "stored", 10, 2, Duration::from_millis(3));
         metrics.batch("web-02", "duplicate", 10, 0, Duration::from_millis(1));
-        let mut text = Vec::new();
-        TextEncoder::new()
-            .encode(&metrics.registry().gather(), &mut text)
-            .expect("encode");
-        let text = String::from_utf8(text).expect("utf-8 exposition");
+        let text = vigil_ops::metrics_endpoint::exposition(&metrics.registry()).expect("encode");
         for line in [
             "vigil_collector_ingested_total{type=\"event\"} 10",
             "vigil_collector_ingested_total{type=\"alert\"} 2",

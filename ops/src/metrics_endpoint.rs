@@ -119,6 +119,13 @@ impl RunningEndpoint {
     }
 }
 
+/// The registry in Prometheus' text format, as `GET /metrics` serves it.
+pub fn exposition(registry: &Registry) -> Result<String, prometheus::Error> {
+    let mut text = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut text)?;
+    String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
 async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -131,10 +138,12 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     }
     let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
     let (status, content_type, body) = if line.starts_with(b"GET /metrics ") {
-        let encoder = TextEncoder::new();
-        let mut body = Vec::new();
-        match encoder.encode(&registry.gather(), &mut body) {
-            Ok(()) => ("200 OK", encoder.format_type().to_owned(), body),
+        match exposition(registry) {
+            Ok(body) => (
+                "200 OK",
+                TextEncoder::new().format_type().to_owned(),
+                body.into_bytes(),
+            ),
             Err(e) => (
                 "500 Internal Server Error",
                 "text/plain".to_owned(),

@@ -185,7 +185,6 @@ impl SensorMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::{Encoder, TextEncoder};
 
     #[test]
     fn counts_show_up_in_the_exposition() {
@@ -198,11 +197,7 @@ mod tests {
         metrics.rules_loaded(7);
         metrics.batches_acked(5);
         metrics.batches_acked(3);
-        let mut text = Vec::new();
-        TextEncoder::new()
-            .encode(&metrics.registry().gather(), &mut text)
-            .expect("encode");
-        let text = String::from_utf8(text).expect("utf-8 exposition");
+        let text = vigil_ops::metrics_endpoint::exposition(&metrics.registry()).expect("encode");
         for line in [
             "vigil_sensor_events_total{kind=\"exec\"} 2",
             "vigil_sensor_events_total{kind=\"fork\"} 1",
