@@ -7,6 +7,7 @@ mod build;
 mod console_ui;
 mod fuzz;
 mod package;
+mod scratch_root;
 mod stack;
 mod test;
 mod tools;
@@ -61,6 +62,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "release")]
         profile: package::Profile,
     },
+    /// Make (once) the debootstrapped Debian root the README install test boots, and print
+    /// its path (for `VIGIL_SCRATCH_ROOT=... cargo test -p vigil-tests --test install`).
+    ScratchRoot,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,5 +79,12 @@ fn main() -> anyhow::Result<()> {
         Command::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Command::Audit => audit::run(),
         Command::Package { profile } => package::build(profile).map(|_| ()),
+        Command::ScratchRoot => match scratch_root::debian_root() {
+            Ok(root) => {
+                println!("{}", root.display());
+                Ok(())
+            }
+            Err(scratch_root::Unavailable(why)) => Err(anyhow::anyhow!(why)),
+        },
     }
 }
