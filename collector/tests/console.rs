@@ -746,3 +746,146 @@ async fn a_hundred_thousand_stored_alerts_are_paged_on_the_server() {
     );
     collector.stop().await;
 }
+
+const CENTRAL_RULE: &str = "title: Central test rule
+id: central-1
+level: medium
+logsource:
+  product: linux
+  category: process_creation
+detection:
+  selection:
+    Image|endswith: /never-run-this
+  condition: selection
+";
+
+#[tokio::test]
+async fn the_sensors_and_rules_pages_show_heartbeats_drops_central_sets_and_hits() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("temp dir for the database");
+    let mut config = pki.collector_config(data.path().join("collector.db"));
+    config.console = Some(ConsoleConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        url: None,
+        link_ttl_secs: 300,
+        session_ttl_secs: 3600,
+    });
+    config.rules = Some(vigil_collector::CentralRulesConfig {
+        dir: data.path().join("rules"),
+    });
+    let collector = Running::start_with(config, data).await;
+    let browser = signed_in(&collector, &pki).await;
+    for path in ["/api/sensors", "/api/rules"] {
+        let anonymous = Browser::new(&pki, browser.addr).get(path).await;
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let empty = browser.get("/api/rules").await.json();
+    assert_eq!(empty["central_configured"], true);
+    assert_eq!(empty["central"], Value::Null);
+    assert_eq!(empty["hits"], serde_json::json!([]));
+
+    let sensor = Peer::connect(collector.addr, &pki.files("sensor-1")).await;
+    let status = vigil_proto::SensorStatus {
+        host: "web-01".into(),
+        version: "9.9.9".into(),
+        rules_version: "d1g35t".into(),
+        rules: 2,
+        hooks: vec!["exec:tp_btf/sched_process_exec".into()],
+        events_total: 1000,
+        kernel_drops: 3,
+        heartbeat_secs: 30,
+        ..Default::default()
+    };
+    assert_eq!(
+        sensor.ask(&Request::Heartbeat(status)).await,
+        Reply::StatusRecorded
+    );
+    let shell = || process(200, "sh", Some((100, "bash")));
+    let alerts = vec![
+        alert(
+            "rule-a",
+            Level::High,
+            &[],
+            event(1, "web-01", EventAction::Exec, shell()),
+        ),
+        alert(
+            "rule-a",
+            Level::High,
+            &[],
+            event(2, "web-01", EventAction::Exec, shell()),
+        ),
+        alert(
+            "rule-b",
+            Level::Low,
+            &[],
+            event(3, "web-01", EventAction::Exec, shell()),
+        ),
+    ];
+    let batch = Batch {
+        seq: 1,
+        events: Vec::new(),
+        alerts,
+        loss: Default::default(),
+    };
+    assert_eq!(
+        sensor.ask(&Request::Publish(batch)).await,
+        Reply::Ack { seq: 1 }
+    );
+    let operator = Peer::connect(collector.addr, &pki.files("alice")).await;
+    let pushed = operator
+        .ask(&Request::PushRules(vigil_proto::RulePush {
+            files: [("central.yml".to_owned(), CENTRAL_RULE.to_owned())].into(),
+        }))
+        .await;
+    assert!(
+        matches!(pushed, Reply::RulesPushed { version: 1 }),
+        "{pushed:?}"
+    );
+
+    let sensors = browser.get("/api/sensors").await;
+    assert_eq!(sensors.status, StatusCode::OK, "{}", sensors.body);
+    let sensors = sensors.json();
+    let list = sensors["sensors"].as_array().expect("sensors");
+    assert_eq!(list.len(), 1, "{sensors}");
+    assert_eq!(list[0]["sensor"], "sensor-1");
+    assert_eq!(list[0]["status"]["host"], "web-01");
+    assert_eq!(list[0]["status"]["kernel_drops"], 3);
+    assert_eq!(list[0]["silent"], false);
+    assert!(sensors["now"].is_string(), "{sensors}");
+
+    let rules = browser.get("/api/rules").await;
+    assert_eq!(rules.status, StatusCode::OK, "{}", rules.body);
+    let rules = rules.json();
+    assert_eq!(rules["central"]["version"], 1, "{rules}");
+    assert_eq!(rules["central"]["files"][0]["name"], "central.yml");
+    assert_eq!(rules["central"]["rules"][0]["id"], "central-1");
+    assert_eq!(rules["central"]["rules"][0]["title"], "Central test rule");
+    assert_eq!(rules["sensors"][0]["sensor"], "sensor-1");
+    assert_eq!(rules["sensors"][0]["rules_version"], "d1g35t");
+    assert_eq!(rules["sensors"][0]["rules"], 2);
+    // The drops in the heartbeat raised the collector's own alert, counted like any rule's.
+    let hits: Vec<(String, u64)> = rules["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().expect("id").to_owned(),
+                h["hits"].as_u64().expect("hits"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hits,
+        [
+            ("rule-a".to_owned(), 2),
+            ("rule-b".to_owned(), 1),
+            ("vigil-sensor-kernel-drops".to_owned(), 1)
+        ]
+    );
+    assert_eq!(rules["hits"][0]["level"], "high");
+    // The drops alert came first (id 1), then rule-a's two (2, 3).
+    assert_eq!(rules["hits"][0]["last_alert_id"], 3);
+    assert_eq!(rules["hits"][0]["title"], "Rule rule-a");
+    collector.stop().await;
+}

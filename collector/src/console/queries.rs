@@ -159,6 +159,21 @@ pub(super) struct CountBucket {
     pub by_level: std::collections::BTreeMap<Level, u64>,
 }
 
+/// How many stored alerts one rule raised, and its latest.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub(super) struct RuleHits {
+    pub id: String,
+    /// As the latest alert carried it (a rule's title may change between versions).
+    pub title: String,
+    pub level: Option<Level>,
+    pub hits: u64,
+    pub last_hit: Timestamp,
+    pub last_alert_id: i64,
+}
+
+/// Most rules the hit table lists (the most frequent first): bounds the answer.
+const MAX_RULES_LISTED: u32 = 5_000;
+
 /// The console's view of the store.
 #[derive(Clone)]
 pub(super) struct ConsoleStore {
@@ -211,6 +226,16 @@ impl ConsoleStore {
         self.sqlite()?
             .read(move |conn, path| counts(conn, path, &filter, bucket))
             .await
+    }
+
+    /// Every sensor that sent a heartbeat (both engines answer this one).
+    pub(super) async fn sensors(&self) -> Result<Vec<vigil_proto::SensorInfo>, StoreError> {
+        self.store.sensors().await
+    }
+
+    /// Stored alerts per rule id, the most frequent first.
+    pub(super) async fn rule_hits(&self) -> Result<Vec<RuleHits>, StoreError> {
+        self.sqlite()?.read(rule_hits).await
     }
 }
 
@@ -625,6 +650,35 @@ fn counts(
                 *last.by_level.entry(level).or_default() += n;
             }
         }
+    }
+    Ok(out)
+}
+
+fn rule_hits(conn: &Connection, path: &Path) -> Result<Vec<RuleHits>, StoreError> {
+    // NB: with a single max() aggregate, SQLite takes the bare columns (title, level,
+    // received_ns) from the row holding the max: the rule's latest alert. One pass, no JSON.
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT rule_id, COUNT(*) AS hits, MAX(id), title, level, received_ns FROM alerts
+             GROUP BY rule_id ORDER BY hits DESC, rule_id LIMIT ?1",
+        )
+        .map_err(sqlite(path))?;
+    let mut rows = statement
+        .query(params![MAX_RULES_LISTED])
+        .map_err(sqlite(path))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sqlite(path))? {
+        let hits: i64 = row.get(1).map_err(sqlite(path))?;
+        let level: String = row.get(4).map_err(sqlite(path))?;
+        let received_ns: i64 = row.get(5).map_err(sqlite(path))?;
+        out.push(RuleHits {
+            id: row.get(0).map_err(sqlite(path))?,
+            title: row.get(3).map_err(sqlite(path))?,
+            level: serde_json::from_value(serde_json::Value::String(level)).ok(),
+            hits: u64::try_from(hits).unwrap_or(0),
+            last_hit: Timestamp(u64::try_from(received_ns).unwrap_or(0)),
+            last_alert_id: row.get(2).map_err(sqlite(path))?,
+        });
     }
     Ok(out)
 }
