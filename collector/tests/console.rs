@@ -15,7 +15,9 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
+use support::postgres::PgServer;
 use support::{within, Peer, Pki, Running};
+use vigil_collector::store::PostgresUrl;
 use vigil_collector::ConsoleConfig;
 use vigil_proto::transport::Role;
 use vigil_proto::{
@@ -23,16 +25,35 @@ use vigil_proto::{
     Request, RuleInfo, Timestamp, UserRef,
 };
 
-/// A collector with the console on 127.0.0.1:0, and the CA to trust it with.
-async fn start(pki: &Pki, link_ttl_secs: u64) -> Running {
-    let data = tempfile::tempdir().expect("temp dir for the database");
-    let mut config = pki.collector_config(data.path().join("collector.db"));
+/// A collector config with the console on 127.0.0.1:0: on SQLite in `data`, or on `postgres`.
+fn console_config(
+    pki: &Pki,
+    data: &std::path::Path,
+    postgres: Option<&PostgresUrl>,
+    link_ttl_secs: u64,
+) -> vigil_collector::CollectorConfig {
+    let mut config = pki.collector_config(data.join("collector.db"));
+    config.store = postgres.cloned();
     config.console = Some(ConsoleConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         url: None,
         link_ttl_secs,
         session_ttl_secs: 3600,
     });
+    config
+}
+
+/// A collector with the console on 127.0.0.1:0 (SQLite, or `postgres`).
+async fn start_on(pki: &Pki, postgres: Option<&PostgresUrl>) -> Running {
+    let data = tempfile::tempdir().expect("temp dir for the database");
+    let config = console_config(pki, data.path(), postgres, 300);
+    Running::start_with(config, data).await
+}
+
+/// A collector with the console on 127.0.0.1:0 over SQLite.
+async fn start(pki: &Pki, link_ttl_secs: u64) -> Running {
+    let data = tempfile::tempdir().expect("temp dir for the database");
+    let config = console_config(pki, data.path(), None, link_ttl_secs);
     Running::start_with(config, data).await
 }
 
@@ -389,8 +410,24 @@ async fn signed_in(collector: &Running, pki: &Pki) -> Browser {
 
 #[tokio::test]
 async fn an_alert_page_has_its_ancestry_its_descendants_and_only_their_events() {
+    alert_page_has_ancestry_descendants_and_events(None).await;
+}
+
+/// The console over PostgreSQL answers as it does over SQLite: the same scenarios, on one
+/// server (a database each).
+#[tokio::test]
+async fn on_postgres_the_console_answers_as_on_sqlite() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    alert_page_has_ancestry_descendants_and_events(Some(&server.database().await)).await;
+    alert_list_filters_pages_and_counts(Some(&server.database().await)).await;
+    sensors_and_rules_pages(Some(&server.database().await)).await;
+}
+
+async fn alert_page_has_ancestry_descendants_and_events(postgres: Option<&PostgresUrl>) {
     let pki = Pki::new();
-    let collector = start(&pki, 300).await;
+    let collector = start_on(&pki, postgres).await;
     let sensor = Peer::connect(collector.addr, &pki.files("sensor-1")).await;
     // init(1) ─ bash(100) ─ sh(200) ─ cat(300) ─ helper(301); unrelated(900) under bash.
     // No event of init itself is stored: it is known only as bash's parent.
@@ -498,8 +535,12 @@ async fn an_alert_page_has_its_ancestry_its_descendants_and_only_their_events() 
 
 #[tokio::test]
 async fn the_alert_list_filters_pages_and_counts_on_the_server() {
+    alert_list_filters_pages_and_counts(None).await;
+}
+
+async fn alert_list_filters_pages_and_counts(postgres: Option<&PostgresUrl>) {
     let pki = Pki::new();
-    let collector = start(&pki, 300).await;
+    let collector = start_on(&pki, postgres).await;
     let sensor = Peer::connect(collector.addr, &pki.files("sensor-1")).await;
     // Ten alerts: ids 1..=10; even ids high on web-01, odd ids low on db-01; every third
     // carries a tag; id 7 mentions a needle in its command line.
@@ -761,15 +802,13 @@ detection:
 
 #[tokio::test]
 async fn the_sensors_and_rules_pages_show_heartbeats_drops_central_sets_and_hits() {
+    sensors_and_rules_pages(None).await;
+}
+
+async fn sensors_and_rules_pages(postgres: Option<&PostgresUrl>) {
     let pki = Pki::new();
     let data = tempfile::tempdir().expect("temp dir for the database");
-    let mut config = pki.collector_config(data.path().join("collector.db"));
-    config.console = Some(ConsoleConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        url: None,
-        link_ttl_secs: 300,
-        session_ttl_secs: 3600,
-    });
+    let mut config = console_config(&pki, data.path(), postgres, 300);
     config.rules = Some(vigil_collector::CentralRulesConfig {
         dir: data.path().join("rules"),
     });

@@ -1,28 +1,32 @@
 //! What the console reads from the store, and nothing else: filtered pages of alerts, one
-//! alert with its process ancestry and the events around it, and alert counts over time.
+//! alert with its process ancestry and the events around it, alert counts over time, hits per
+//! rule, the sensors.
 //!
-//! [`ConsoleStore`] is the narrow interface the HTTP handlers use; today it runs SQL on the
-//! SQLite store's read-only connections (PostgreSQL is refused for now). Paging is by id (keyset), never by
-//! offset, so page N costs what page 1 costs however many alerts are stored.
+//! [`ConsoleStore`] is the narrow interface the HTTP handlers use. It runs SQL on the SQLite
+//! store's read-only connections (here) or on the PostgreSQL store's pool (`pg_queries`); what
+//! the two share (the answers' types, paging, the ancestry walk, the process tree) lives here,
+//! so both engines answer alike. Paging is by id (keyset), never by offset, so page N costs
+//! what page 1 costs however many alerts are stored.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use serde::Serialize;
-use vigil_proto::{Alert, Event, Level, StoredAlert, Timestamp};
+use vigil_proto::{Alert, Event, Level, ParentProcess, StoredAlert, Timestamp};
 
-use crate::store::{Store, StoreError};
+use super::pg_queries;
+use crate::store::{PgStore, SqliteStore, Store, StoreError};
 
 /// How far before the window an ancestor's newest event is looked for. Bounded because a
 /// process with no stored event at all (started before the sensor) costs a scan of this range:
 /// the events table has no index by process.
-const ANCESTRY_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(3600);
+pub(super) const ANCESTRY_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Deepest ancestry walked: past this it is a loop in bad data, not a real process tree.
 const MAX_ANCESTRY: usize = 64;
 /// Events read from the window around an alert; the answer says when it was cut.
-const MAX_WINDOW_EVENTS: u32 = 50_000;
+pub(super) const MAX_WINDOW_EVENTS: u32 = 50_000;
 /// Events of the alert's process tree returned.
 const MAX_TREE_EVENTS: usize = 2_000;
 
@@ -172,7 +176,13 @@ pub(super) struct RuleHits {
 }
 
 /// Most rules the hit table lists (the most frequent first): bounds the answer.
-const MAX_RULES_LISTED: u32 = 5_000;
+pub(super) const MAX_RULES_LISTED: u32 = 5_000;
+
+/// Which engine answers.
+enum Engine<'a> {
+    Sqlite(&'a SqliteStore),
+    Postgres(&'a PgStore),
+}
 
 /// The console's view of the store.
 #[derive(Clone)]
@@ -185,10 +195,16 @@ impl ConsoleStore {
         Self { store }
     }
 
-    fn sqlite(&self) -> Result<&crate::store::SqliteStore, StoreError> {
-        self.store.as_sqlite().ok_or(StoreError::Unsupported {
-            what: "the web console",
-        })
+    fn engine(&self) -> Result<Engine<'_>, StoreError> {
+        if let Some(sqlite) = self.store.as_sqlite() {
+            return Ok(Engine::Sqlite(sqlite));
+        }
+        self.store
+            .as_postgres()
+            .map(Engine::Postgres)
+            .ok_or(StoreError::Unsupported {
+                what: "the web console",
+            })
     }
 
     /// One page of matching alerts (`limit` rows at most) and how many match in all.
@@ -198,9 +214,13 @@ impl ConsoleStore {
         cursor: Cursor,
         limit: u32,
     ) -> Result<AlertPage, StoreError> {
-        self.sqlite()?
-            .read(move |conn, path| alert_page(conn, path, &filter, cursor, limit))
-            .await
+        match self.engine()? {
+            Engine::Sqlite(db) => {
+                db.read(move |conn, path| alert_page(conn, path, &filter, cursor, limit))
+                    .await
+            }
+            Engine::Postgres(pg) => pg_queries::alert_page(pg, &filter, cursor, limit).await,
+        }
     }
 
     /// The alert with this id and its context: ancestry from stored events, and the events of
@@ -211,9 +231,13 @@ impl ConsoleStore {
         before: std::time::Duration,
         after: std::time::Duration,
     ) -> Result<Option<AlertDetail>, StoreError> {
-        self.sqlite()?
-            .read(move |conn, path| alert_detail(conn, path, id, before, after))
-            .await
+        match self.engine()? {
+            Engine::Sqlite(db) => {
+                db.read(move |conn, path| alert_detail(conn, path, id, before, after))
+                    .await
+            }
+            Engine::Postgres(pg) => pg_queries::alert_detail(pg, id, before, after).await,
+        }
     }
 
     /// Matching alerts counted per `bucket` of receive time, oldest bucket first; empty buckets
@@ -223,9 +247,13 @@ impl ConsoleStore {
         filter: AlertFilter,
         bucket: std::time::Duration,
     ) -> Result<Vec<CountBucket>, StoreError> {
-        self.sqlite()?
-            .read(move |conn, path| counts(conn, path, &filter, bucket))
-            .await
+        match self.engine()? {
+            Engine::Sqlite(db) => {
+                db.read(move |conn, path| counts(conn, path, &filter, bucket))
+                    .await
+            }
+            Engine::Postgres(pg) => pg_queries::counts(pg, &filter, bucket).await,
+        }
     }
 
     /// Every sensor that sent a heartbeat (both engines answer this one).
@@ -235,7 +263,10 @@ impl ConsoleStore {
 
     /// Stored alerts per rule id, the most frequent first.
     pub(super) async fn rule_hits(&self) -> Result<Vec<RuleHits>, StoreError> {
-        self.sqlite()?.read(rule_hits).await
+        match self.engine()? {
+            Engine::Sqlite(db) => db.read(rule_hits).await,
+            Engine::Postgres(pg) => pg_queries::rule_hits(pg).await,
+        }
     }
 }
 
@@ -247,7 +278,7 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 }
 
 /// Nanoseconds as SQLite's i64, clamped (as the store does).
-fn ns(t: Timestamp) -> i64 {
+pub(super) fn ns(t: Timestamp) -> i64 {
     i64::try_from(t.unix_nanos()).unwrap_or(i64::MAX)
 }
 
@@ -310,7 +341,7 @@ fn conditions(filter: &AlertFilter) -> (Vec<&'static str>, Vec<Value>) {
 }
 
 /// `text` as a literal inside a LIKE pattern with `ESCAPE '\'`.
-fn like_escape(text: &str) -> String {
+pub(super) fn like_escape(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_")
@@ -364,25 +395,36 @@ fn alert_page(
     let mut rows = statement
         .query(params_from_iter(page_values.iter()))
         .map_err(sqlite(path))?;
-    let mut alerts = Vec::new();
-    let mut more = false;
+    let mut stored = Vec::new();
     while let Some(row) = rows.next().map_err(sqlite(path))? {
-        if alerts.len() == limit as usize {
-            more = true;
-            break;
-        }
-        let stored = stored_alert(row, path)?;
-        alerts.push(summary(stored));
+        stored.push(stored_alert(row, path)?);
     }
+    Ok(page_of(stored, total, cursor, limit))
+}
+
+/// A page from up to `limit + 1` alerts in page order (one more than shown tells whether
+/// another page exists) and the count of all matches.
+pub(super) fn page_of(
+    stored: Vec<StoredAlert>,
+    total: i64,
+    cursor: Cursor,
+    limit: u32,
+) -> AlertPage {
+    let more = stored.len() > limit as usize;
+    let alerts: Vec<AlertSummary> = stored
+        .into_iter()
+        .take(limit as usize)
+        .map(summary)
+        .collect();
     let next_before = match cursor {
         Cursor::Before(_) if more => alerts.last().map(|a| a.id),
         _ => None,
     };
-    Ok(AlertPage {
+    AlertPage {
         alerts,
         total: u64::try_from(total).unwrap_or(0),
         next_before,
-    })
+    }
 }
 
 fn stored_alert(row: &rusqlite::Row<'_>, path: &Path) -> Result<StoredAlert, StoreError> {
@@ -441,9 +483,7 @@ fn alert_detail(
     let Some(alert) = alert else {
         return Ok(None);
     };
-    let at = alert.alert.event.timestamp.unix_nanos();
-    let window_from = Timestamp(at.saturating_sub(duration_ns(before)));
-    let window_to = Timestamp(at.saturating_add(duration_ns(after)));
+    let (window_from, window_to) = alert_window(&alert, before, after);
     let mut statement = conn
         .prepare_cached(
             "SELECT id, json FROM events WHERE sensor = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3
@@ -491,9 +531,22 @@ fn alert_detail(
     }))
 }
 
+/// The stretch of time around an alert whose events its page shows.
+pub(super) fn alert_window(
+    alert: &StoredAlert,
+    before: std::time::Duration,
+    after: std::time::Duration,
+) -> (Timestamp, Timestamp) {
+    let at = alert.alert.event.timestamp.unix_nanos();
+    (
+        Timestamp(at.saturating_sub(duration_ns(before))),
+        Timestamp(at.saturating_add(duration_ns(after))),
+    )
+}
+
 /// Puts the alert's own event in the timeline, in time order, unless its telemetry copy (same
 /// process, same sensor sequence number) is already there.
-fn with_alert_event(events: &mut Vec<StoredEvent>, alerted: &Event) {
+pub(super) fn with_alert_event(events: &mut Vec<StoredEvent>, alerted: &Event) {
     let same = |e: &StoredEvent| {
         e.event.event.sequence == alerted.event.sequence
             && e.event.process.entity_id == alerted.process.entity_id
@@ -512,10 +565,64 @@ fn duration_ns(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The alert's process, then each parent: from the newest stored event of that parent when
-/// there is one (full facts and the next parent up), else from what its child's event said.
-/// The window's events are looked at first (already read); older ancestors are looked up in
-/// `range` (the LIKE is a cheap prefilter, the json_extract the exact test).
+/// The newest event of each process in the window (events are oldest first).
+pub(super) fn newest_in_window(window: &[StoredEvent]) -> HashMap<&str, &Event> {
+    window
+        .iter()
+        .map(|e| (e.event.process.entity_id.as_str(), &e.event))
+        .collect()
+}
+
+/// The walk up from the alert's process: each parent from the newest stored event of that
+/// parent when there is one (full facts and the next parent up), else from what its child's
+/// event said. Each engine finds the events; this decides where to stop (an empty id, a loop
+/// in bad data, [`MAX_ANCESTRY`]).
+pub(super) struct Ancestry {
+    chain: Vec<ProcessNode>,
+    parent: Option<ParentProcess>,
+    seen: HashSet<String>,
+}
+
+impl Ancestry {
+    pub(super) fn new(process: &vigil_proto::Process) -> Self {
+        Self {
+            chain: vec![ProcessNode::of(process)],
+            parent: process.parent.as_deref().cloned(),
+            seen: HashSet::from([process.entity_id.clone()]),
+        }
+    }
+
+    /// The next ancestor to look up, or `None` when the walk is over.
+    pub(super) fn next_wanted(&mut self) -> Option<ParentProcess> {
+        let p = self.parent.take()?;
+        if p.entity_id.is_empty()
+            || !self.seen.insert(p.entity_id.clone())
+            || self.chain.len() >= MAX_ANCESTRY
+        {
+            return None;
+        }
+        Some(p)
+    }
+
+    /// What the lookup of `wanted` found: its newest event, or nothing.
+    pub(super) fn found(&mut self, wanted: &ParentProcess, event: Option<Event>) {
+        match event {
+            Some(event) => {
+                self.chain.push(ProcessNode::of(&event.process));
+                self.parent = event.process.parent.map(|b| *b);
+            }
+            None => self.chain.push(ProcessNode::of_parent(wanted)),
+        }
+    }
+
+    pub(super) fn into_chain(self) -> Vec<ProcessNode> {
+        self.chain
+    }
+}
+
+/// The alert's process and its ancestors. The window's events are looked at first (already
+/// read); older ancestors are looked up in `range` (the LIKE is a cheap prefilter, the
+/// json_extract the exact test).
 fn ancestry(
     conn: &Connection,
     path: &Path,
@@ -523,15 +630,7 @@ fn ancestry(
     window: &[StoredEvent],
     range: (Timestamp, Timestamp),
 ) -> Result<Vec<ProcessNode>, StoreError> {
-    let process = &alert.alert.event.process;
-    let mut chain = vec![ProcessNode::of(process)];
-    let mut parent = process.parent.as_deref().cloned();
-    let mut seen = HashSet::from([process.entity_id.clone()]);
-    // The newest event of each process in the window (events are oldest first).
-    let newest: std::collections::HashMap<&str, &Event> = window
-        .iter()
-        .map(|e| (e.event.process.entity_id.as_str(), &e.event))
-        .collect();
+    let newest = newest_in_window(window);
     let mut statement = conn
         .prepare_cached(
             "SELECT json FROM events WHERE sensor = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3
@@ -540,13 +639,8 @@ fn ancestry(
              ORDER BY ts_ns DESC LIMIT 1",
         )
         .map_err(sqlite(path))?;
-    while let Some(p) = parent.take() {
-        if p.entity_id.is_empty() || !seen.insert(p.entity_id.clone()) {
-            break;
-        }
-        if chain.len() >= MAX_ANCESTRY {
-            break;
-        }
+    let mut walk = Ancestry::new(&alert.alert.event.process);
+    while let Some(p) = walk.next_wanted() {
         let found = match newest.get(p.entity_id.as_str()) {
             Some(event) => Some((*event).clone()),
             None => {
@@ -561,21 +655,15 @@ fn ancestry(
                 json.and_then(|j| serde_json::from_str::<Event>(&j).ok())
             }
         };
-        match found {
-            Some(event) => {
-                chain.push(ProcessNode::of(&event.process));
-                parent = event.process.parent.map(|b| *b);
-            }
-            None => chain.push(ProcessNode::of_parent(&p)),
-        }
+        walk.found(&p, found);
     }
-    Ok(chain)
+    Ok(walk.into_chain())
 }
 
 /// From the window's events (oldest first), the alert's process and its descendants (a child
 /// joins when an event names a member as its parent), and the events of those processes.
 /// Pure: unit-tested without a database. The flag is false when events were cut.
-fn process_tree(
+pub(super) fn process_tree(
     root: &vigil_proto::Process,
     window: Vec<StoredEvent>,
 ) -> (Vec<ProcessNode>, Vec<StoredEvent>, bool) {
@@ -630,11 +718,21 @@ fn counts(
     let mut rows = statement
         .query(params_from_iter(values.iter()))
         .map_err(sqlite(path))?;
-    let mut out: Vec<CountBucket> = Vec::new();
+    let mut counted = Vec::new();
     while let Some(row) = rows.next().map_err(sqlite(path))? {
-        let start: i64 = row.get(0).map_err(sqlite(path))?;
-        let level: String = row.get(1).map_err(sqlite(path))?;
-        let n: i64 = row.get(2).map_err(sqlite(path))?;
+        counted.push((
+            row.get(0).map_err(sqlite(path))?,
+            row.get(1).map_err(sqlite(path))?,
+            row.get(2).map_err(sqlite(path))?,
+        ));
+    }
+    Ok(buckets_of(counted))
+}
+
+/// Buckets from (bucket start ns, level, count) rows ordered by bucket.
+pub(super) fn buckets_of(rows: Vec<(i64, String, i64)>) -> Vec<CountBucket> {
+    let mut out: Vec<CountBucket> = Vec::new();
+    for (start, level, n) in rows {
         let n = u64::try_from(n).unwrap_or(0);
         let start = Timestamp(u64::try_from(start).unwrap_or(0));
         if out.last().map(|b| b.start) != Some(start) {
@@ -651,7 +749,7 @@ fn counts(
             }
         }
     }
-    Ok(out)
+    out
 }
 
 fn rule_hits(conn: &Connection, path: &Path) -> Result<Vec<RuleHits>, StoreError> {
@@ -668,19 +766,36 @@ fn rule_hits(conn: &Connection, path: &Path) -> Result<Vec<RuleHits>, StoreError
         .map_err(sqlite(path))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(sqlite(path))? {
-        let hits: i64 = row.get(1).map_err(sqlite(path))?;
-        let level: String = row.get(4).map_err(sqlite(path))?;
-        let received_ns: i64 = row.get(5).map_err(sqlite(path))?;
-        out.push(RuleHits {
-            id: row.get(0).map_err(sqlite(path))?,
-            title: row.get(3).map_err(sqlite(path))?,
-            level: serde_json::from_value(serde_json::Value::String(level)).ok(),
-            hits: u64::try_from(hits).unwrap_or(0),
-            last_hit: Timestamp(u64::try_from(received_ns).unwrap_or(0)),
-            last_alert_id: row.get(2).map_err(sqlite(path))?,
-        });
+        out.push(rule_hit(
+            row.get(0).map_err(sqlite(path))?,
+            row.get(1).map_err(sqlite(path))?,
+            row.get(2).map_err(sqlite(path))?,
+            row.get(3).map_err(sqlite(path))?,
+            row.get(4).map_err(sqlite(path))?,
+            row.get(5).map_err(sqlite(path))?,
+        ));
     }
     Ok(out)
+}
+
+/// One row of the hit table from (rule id, hits, latest alert id, its title, its level, its
+/// receive time).
+pub(super) fn rule_hit(
+    id: String,
+    hits: i64,
+    last_alert_id: i64,
+    title: String,
+    level: String,
+    received_ns: i64,
+) -> RuleHits {
+    RuleHits {
+        id,
+        title,
+        level: serde_json::from_value(serde_json::Value::String(level)).ok(),
+        hits: u64::try_from(hits).unwrap_or(0),
+        last_hit: Timestamp(u64::try_from(received_ns).unwrap_or(0)),
+        last_alert_id,
+    }
 }
 
 #[cfg(test)]
