@@ -7,9 +7,9 @@
 //! console has no passwords of its own: whoever can sign in holds an operator certificate.
 //!
 //! Modules: `auth` (links, sessions, CSRF), `api` (the JSON under `/api/`), `fleet` (the
-//! sensors' and rules' JSON), `queries` (SQL over the SQLite store, and what both engines
-//! share), `pg_queries` (the same over PostgreSQL), `page` (the embedded front end and security
-//! headers), `tls` (the HTTPS accept loop).
+//! sensors' and rules' JSON), `queries` (what the console reads, for both engines),
+//! `sqlite_queries` and `pg_queries` (the SQL of each), `page` (the embedded front end and
+//! security headers), `tls` (the HTTPS accept loop).
 
 mod api;
 mod auth;
@@ -17,6 +17,7 @@ mod fleet;
 mod page;
 mod pg_queries;
 mod queries;
+mod sqlite_queries;
 mod tls;
 
 use std::net::SocketAddr;
