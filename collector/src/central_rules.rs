@@ -222,6 +222,20 @@ impl CentralRules {
         Ok(set)
     }
 
+    /// The set being served, if one was ever pushed.
+    pub fn served(&self) -> Option<Arc<SignedRuleSet>> {
+        self.current.borrow().clone()
+    }
+
+    /// Sensor name → the central version it said it runs when it last asked for rules
+    /// (`None`: none yet). Sensors without a rules public key never ask, so are not here.
+    pub fn running(&self) -> HashMap<String, Option<u64>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Records what `sensor` runs, then waits until a set newer than `fetch.after` is served.
     pub async fn next_for(&self, sensor: &str, fetch: &RuleFetch) -> Arc<SignedRuleSet> {
         let RuleFetch { running, after } = *fetch;

@@ -184,7 +184,8 @@ impl Collector {
         let (console, login_issuer) = match console {
             Some(console) => {
                 let (console, issuer) =
-                    crate::console::Console::bind(console, tls, store.clone()).await?;
+                    crate::console::Console::bind(console, tls, store.clone(), rules.clone())
+                        .await?;
                 (Some(console), Some(issuer))
             }
             None => (None, None),

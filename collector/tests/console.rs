@@ -15,7 +15,9 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
+use support::postgres::PgServer;
 use support::{within, Peer, Pki, Running};
+use vigil_collector::store::PostgresUrl;
 use vigil_collector::ConsoleConfig;
 use vigil_proto::transport::Role;
 use vigil_proto::{
@@ -23,16 +25,35 @@ use vigil_proto::{
     Request, RuleInfo, Timestamp, UserRef,
 };
 
-/// A collector with the console on 127.0.0.1:0, and the CA to trust it with.
-async fn start(pki: &Pki, link_ttl_secs: u64) -> Running {
-    let data = tempfile::tempdir().expect("temp dir for the database");
-    let mut config = pki.collector_config(data.path().join("collector.db"));
+/// A collector config with the console on 127.0.0.1:0: on SQLite in `data`, or on `postgres`.
+fn console_config(
+    pki: &Pki,
+    data: &std::path::Path,
+    postgres: Option<&PostgresUrl>,
+    link_ttl_secs: u64,
+) -> vigil_collector::CollectorConfig {
+    let mut config = pki.collector_config(data.join("collector.db"));
+    config.store = postgres.cloned();
     config.console = Some(ConsoleConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         url: None,
         link_ttl_secs,
         session_ttl_secs: 3600,
     });
+    config
+}
+
+/// A collector with the console on 127.0.0.1:0 (SQLite, or `postgres`).
+async fn start_on(pki: &Pki, postgres: Option<&PostgresUrl>) -> Running {
+    let data = tempfile::tempdir().expect("temp dir for the database");
+    let config = console_config(pki, data.path(), postgres, 300);
+    Running::start_with(config, data).await
+}
+
+/// A collector with the console on 127.0.0.1:0 over SQLite.
+async fn start(pki: &Pki, link_ttl_secs: u64) -> Running {
+    let data = tempfile::tempdir().expect("temp dir for the database");
+    let config = console_config(pki, data.path(), None, link_ttl_secs);
     Running::start_with(config, data).await
 }
 
@@ -389,8 +410,24 @@ async fn signed_in(collector: &Running, pki: &Pki) -> Browser {
 
 #[tokio::test]
 async fn an_alert_page_has_its_ancestry_its_descendants_and_only_their_events() {
+    alert_page_has_ancestry_descendants_and_events(None).await;
+}
+
+/// The console over PostgreSQL answers as it does over SQLite: the same scenarios, on one
+/// server (a database each).
+#[tokio::test]
+async fn on_postgres_the_console_answers_as_on_sqlite() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    alert_page_has_ancestry_descendants_and_events(Some(&server.database().await)).await;
+    alert_list_filters_pages_and_counts(Some(&server.database().await)).await;
+    sensors_and_rules_pages(Some(&server.database().await)).await;
+}
+
+async fn alert_page_has_ancestry_descendants_and_events(postgres: Option<&PostgresUrl>) {
     let pki = Pki::new();
-    let collector = start(&pki, 300).await;
+    let collector = start_on(&pki, postgres).await;
     let sensor = Peer::connect(collector.addr, &pki.files("sensor-1")).await;
     // init(1) ─ bash(100) ─ sh(200) ─ cat(300) ─ helper(301); unrelated(900) under bash.
     // No event of init itself is stored: it is known only as bash's parent.
@@ -498,8 +535,12 @@ async fn an_alert_page_has_its_ancestry_its_descendants_and_only_their_events() 
 
 #[tokio::test]
 async fn the_alert_list_filters_pages_and_counts_on_the_server() {
+    alert_list_filters_pages_and_counts(None).await;
+}
+
+async fn alert_list_filters_pages_and_counts(postgres: Option<&PostgresUrl>) {
     let pki = Pki::new();
-    let collector = start(&pki, 300).await;
+    let collector = start_on(&pki, postgres).await;
     let sensor = Peer::connect(collector.addr, &pki.files("sensor-1")).await;
     // Ten alerts: ids 1..=10; even ids high on web-01, odd ids low on db-01; every third
     // carries a tag; id 7 mentions a needle in its command line.
@@ -744,5 +785,146 @@ async fn a_hundred_thousand_stored_alerts_are_paged_on_the_server() {
         "console API with {ALERTS} stored alerts (debug build): {}",
         timings.join(", ")
     );
+    collector.stop().await;
+}
+
+const CENTRAL_RULE: &str = "title: Central test rule
+id: central-1
+level: medium
+logsource:
+  product: linux
+  category: process_creation
+detection:
+  selection:
+    Image|endswith: /never-run-this
+  condition: selection
+";
+
+#[tokio::test]
+async fn the_sensors_and_rules_pages_show_heartbeats_drops_central_sets_and_hits() {
+    sensors_and_rules_pages(None).await;
+}
+
+async fn sensors_and_rules_pages(postgres: Option<&PostgresUrl>) {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("temp dir for the database");
+    let mut config = console_config(&pki, data.path(), postgres, 300);
+    config.rules = Some(vigil_collector::CentralRulesConfig {
+        dir: data.path().join("rules"),
+    });
+    let collector = Running::start_with(config, data).await;
+    let browser = signed_in(&collector, &pki).await;
+    for path in ["/api/sensors", "/api/rules"] {
+        let anonymous = Browser::new(&pki, browser.addr).get(path).await;
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let empty = browser.get("/api/rules").await.json();
+    assert_eq!(empty["central_configured"], true);
+    assert_eq!(empty["central"], Value::Null);
+    assert_eq!(empty["hits"], serde_json::json!([]));
+
+    let sensor = Peer::connect(collector.addr, &pki.files("sensor-1")).await;
+    let status = vigil_proto::SensorStatus {
+        host: "web-01".into(),
+        version: "9.9.9".into(),
+        rules_version: "d1g35t".into(),
+        rules: 2,
+        hooks: vec!["exec:tp_btf/sched_process_exec".into()],
+        events_total: 1000,
+        kernel_drops: 3,
+        heartbeat_secs: 30,
+        ..Default::default()
+    };
+    assert_eq!(
+        sensor.ask(&Request::Heartbeat(status)).await,
+        Reply::StatusRecorded
+    );
+    let shell = || process(200, "sh", Some((100, "bash")));
+    let alerts = vec![
+        alert(
+            "rule-a",
+            Level::High,
+            &[],
+            event(1, "web-01", EventAction::Exec, shell()),
+        ),
+        alert(
+            "rule-a",
+            Level::High,
+            &[],
+            event(2, "web-01", EventAction::Exec, shell()),
+        ),
+        alert(
+            "rule-b",
+            Level::Low,
+            &[],
+            event(3, "web-01", EventAction::Exec, shell()),
+        ),
+    ];
+    let batch = Batch {
+        seq: 1,
+        events: Vec::new(),
+        alerts,
+        loss: Default::default(),
+    };
+    assert_eq!(
+        sensor.ask(&Request::Publish(batch)).await,
+        Reply::Ack { seq: 1 }
+    );
+    let operator = Peer::connect(collector.addr, &pki.files("alice")).await;
+    let pushed = operator
+        .ask(&Request::PushRules(vigil_proto::RulePush {
+            files: [("central.yml".to_owned(), CENTRAL_RULE.to_owned())].into(),
+        }))
+        .await;
+    assert!(
+        matches!(pushed, Reply::RulesPushed { version: 1 }),
+        "{pushed:?}"
+    );
+
+    let sensors = browser.get("/api/sensors").await;
+    assert_eq!(sensors.status, StatusCode::OK, "{}", sensors.body);
+    let sensors = sensors.json();
+    let list = sensors["sensors"].as_array().expect("sensors");
+    assert_eq!(list.len(), 1, "{sensors}");
+    assert_eq!(list[0]["sensor"], "sensor-1");
+    assert_eq!(list[0]["status"]["host"], "web-01");
+    assert_eq!(list[0]["status"]["kernel_drops"], 3);
+    assert_eq!(list[0]["silent"], false);
+    assert!(sensors["now"].is_string(), "{sensors}");
+
+    let rules = browser.get("/api/rules").await;
+    assert_eq!(rules.status, StatusCode::OK, "{}", rules.body);
+    let rules = rules.json();
+    assert_eq!(rules["central"]["version"], 1, "{rules}");
+    assert_eq!(rules["central"]["files"][0]["name"], "central.yml");
+    assert_eq!(rules["central"]["rules"][0]["id"], "central-1");
+    assert_eq!(rules["central"]["rules"][0]["title"], "Central test rule");
+    assert_eq!(rules["sensors"][0]["sensor"], "sensor-1");
+    assert_eq!(rules["sensors"][0]["rules_version"], "d1g35t");
+    assert_eq!(rules["sensors"][0]["rules"], 2);
+    // The drops in the heartbeat raised the collector's own alert, counted like any rule's.
+    let hits: Vec<(String, u64)> = rules["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().expect("id").to_owned(),
+                h["hits"].as_u64().expect("hits"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hits,
+        [
+            ("rule-a".to_owned(), 2),
+            ("rule-b".to_owned(), 1),
+            ("vigil-sensor-kernel-drops".to_owned(), 1)
+        ]
+    );
+    assert_eq!(rules["hits"][0]["level"], "high");
+    // The drops alert came first (id 1), then rule-a's two (2, 3).
+    assert_eq!(rules["hits"][0]["last_alert_id"], 3);
+    assert_eq!(rules["hits"][0]["title"], "Rule rule-a");
     collector.stop().await;
 }

@@ -1,5 +1,5 @@
-// Vigil's web console: a live alerts table with filters and counts, and an alert's page with
-// its process tree and events. Plain DOM, no framework; every value from the API goes in with
+// Vigil's web console: a live alerts table with filters and counts, an alert's page with its
+// process tree and events, the fleet's health (Sensors) and the rules with their hits (Rules). Plain DOM, no framework; every value from the API goes in with
 // textContent (never innerHTML), and nothing inline, so the console's CSP holds.
 
 import "./style.css";
@@ -67,6 +67,49 @@ interface AlertDetail {
 interface CountBucket {
   start: string;
   total: number;
+}
+
+interface SensorStatus {
+  host: string;
+  version: string;
+  rules_version: string;
+  rules: number;
+  hooks: string[];
+  events_total: number;
+  kernel_drops: number;
+  delivery_drops: number;
+  spool_batches: number;
+  spool_bytes: number;
+  heartbeat_secs: number;
+}
+
+interface SensorInfo {
+  sensor: string;
+  status: SensorStatus;
+  last_seen: string;
+  events_per_sec: number;
+  silent: boolean;
+}
+
+interface RuleHits {
+  id: string;
+  title: string;
+  level: Level | null;
+  hits: number;
+  last_hit: string;
+  last_alert_id: number;
+}
+
+interface RulesView {
+  central_configured: boolean;
+  central: {
+    version: number;
+    files: { name: string; bytes: number }[];
+    rules: { id: string; title: string; level: Level; file: string }[];
+    unsupported: string[];
+  } | null;
+  sensors: { sensor: string; host: string; rules_version: string; rules: number; central_version: number | null; silent: boolean }[];
+  hits: RuleHits[];
 }
 
 class NotSignedIn extends Error {}
@@ -383,6 +426,172 @@ async function alertPage(id: string): Promise<void> {
   );
 }
 
+// ---- sensors -----------------------------------------------------------------------------
+
+const FLEET_POLL_MS = 5000;
+
+function ago(now: string, then: string): string {
+  const secs = Math.max(0, Math.round((new Date(now).getTime() - new Date(then).getTime()) / 1000));
+  if (secs < 120) return `${secs} s ago`;
+  if (secs < 7200) return `${Math.round(secs / 60)} min ago`;
+  return `${Math.round(secs / 3600)} h ago`;
+}
+
+function table(testid: string, headings: string[], rows: HTMLElement[]): HTMLTableElement {
+  return el(
+    "table",
+    { "data-testid": testid },
+    el("thead", {}, el("tr", {}, ...headings.map((h) => el("th", {}, h)))),
+    el("tbody", { "data-testid": `${testid}-rows` }, ...rows),
+  );
+}
+
+function sensorRow(now: string, s: SensorInfo): HTMLTableRowElement {
+  const st = s.status;
+  const drops = st.kernel_drops + st.delivery_drops > 0;
+  const cls = ["sensor-row", s.silent ? "silent" : "", drops ? "drops" : ""].filter(Boolean).join(" ");
+  const count = (n: number) => el("td", { class: n > 0 ? "num bad" : "num" }, String(n));
+  return el(
+    "tr",
+    { class: cls, "data-sensor": s.sensor },
+    el("td", {}, el("strong", {}, s.sensor)),
+    el("td", {}, st.host),
+    el("td", {}, st.version),
+    el("td", {}, `${st.rules} (${st.rules_version})`),
+    el("td", { "data-testid": "last-seen" }, ago(now, s.last_seen)),
+    el("td", { class: "num" }, s.events_per_sec.toFixed(1)),
+    count(st.kernel_drops),
+    count(st.delivery_drops),
+    el("td", { class: "num" }, String(st.spool_batches)),
+    el("td", { "data-testid": "state" }, el("span", { class: s.silent ? "state state-silent" : "state state-ok" }, s.silent ? "SILENT" : "ok")),
+    el("td", { class: "cmd" }, st.hooks.join(", ")),
+  );
+}
+
+async function sensorsPage(): Promise<void> {
+  const summary = el("p", { "data-testid": "fleet-summary" });
+  const box = el("div");
+  let timer = 0;
+  let live = true;
+  const refresh = async () => {
+    const view = await api<{ now: string; sensors: SensorInfo[] }>("/api/sensors");
+    if (!live) return;
+    const silent = view.sensors.filter((s) => s.silent).length;
+    const dropping = view.sensors.filter((s) => s.status.kernel_drops + s.status.delivery_drops > 0).length;
+    summary.textContent = `${view.sensors.length} sensors · ${silent} silent · ${dropping} reporting drops`;
+    box.replaceChildren(
+      view.sensors.length
+        ? table(
+            "sensors",
+            ["Sensor", "Host", "Version", "Rules", "Last heartbeat", "Events/s", "Kernel drops", "Delivery drops", "Spool", "State", "Hooks"],
+            view.sensors.map((s) => sensorRow(view.now, s)),
+          )
+        : el("p", { class: "muted" }, "No sensor has sent a heartbeat yet."),
+    );
+  };
+  main().replaceChildren(el("h1", {}, "Sensors"), summary, box);
+  await refresh();
+  const poll = async () => {
+    try {
+      await refresh();
+    } catch (e) {
+      if (e instanceof NotSignedIn) return signedOutNotice();
+    }
+    if (live) timer = window.setTimeout(poll, FLEET_POLL_MS);
+  };
+  timer = window.setTimeout(poll, FLEET_POLL_MS);
+  stopPage = () => {
+    live = false;
+    window.clearTimeout(timer);
+  };
+}
+
+// ---- rules -------------------------------------------------------------------------------
+
+async function rulesPage(): Promise<void> {
+  const view = await api<RulesView>("/api/rules");
+  const hitsById = new Map(view.hits.map((h) => [h.id, h]));
+  const parts: HTMLElement[] = [el("h1", {}, "Rules")];
+
+  parts.push(el("h2", {}, "Central rule set"));
+  if (!view.central_configured) {
+    parts.push(el("p", { class: "muted", "data-testid": "central" }, "This collector serves no central rules (no `rules:` section in collector.yaml)."));
+  } else if (!view.central) {
+    parts.push(el("p", { class: "muted", "data-testid": "central" }, "None pushed yet: `vigil rules push DIR`."));
+  } else {
+    const c = view.central;
+    parts.push(
+      el(
+        "p",
+        { "data-testid": "central" },
+        `Version ${c.version}: ${c.rules.length} rules in `,
+        c.files.map((f) => `${f.name} (${f.bytes} bytes)`).join(", "),
+      ),
+      table(
+        "central-rules",
+        ["Rule id", "Title", "Level", "File", "Hits"],
+        c.rules.map((r) =>
+          el(
+            "tr",
+            { "data-rule-id": r.id },
+            el("td", { class: "cmd" }, r.id),
+            el("td", {}, r.title),
+            el("td", {}, levelBadge(r.level)),
+            el("td", {}, r.file),
+            el("td", { class: "num" }, String(hitsById.get(r.id)?.hits ?? 0)),
+          ),
+        ),
+      ),
+    );
+    for (const u of c.unsupported) parts.push(el("p", { class: "muted" }, `Skipped: ${u}`));
+  }
+
+  parts.push(el("h2", {}, "What each sensor runs"));
+  parts.push(
+    table(
+      "sensor-rules",
+      ["Sensor", "Host", "Rules", "Local rules digest", "Central version"],
+      view.sensors.map((s) =>
+        el(
+          "tr",
+          { "data-sensor": s.sensor, class: s.silent ? "silent" : "" },
+          el("td", {}, s.sensor),
+          el("td", {}, s.host),
+          el("td", { class: "num" }, String(s.rules)),
+          el("td", { class: "cmd" }, s.rules_version),
+          el("td", {}, s.central_version === null ? "—" : String(s.central_version)),
+        ),
+      ),
+    ),
+  );
+
+  parts.push(el("h2", {}, "Hits per rule (stored alerts)"));
+  parts.push(
+    table(
+      "hits",
+      ["Rule id", "Title", "Level", "Hits", "Last hit"],
+      view.hits.map((h) => {
+        const row = el(
+          "tr",
+          { class: "hit-row", "data-rule-id": h.id },
+          el("td", { class: "cmd" }, h.id),
+          el("td", {}, h.title),
+          el("td", {}, h.level ? levelBadge(h.level) : "?"),
+          el("td", { class: "num", "data-testid": "hit-count" }, String(h.hits)),
+          el("td", {}, time(h.last_hit)),
+        );
+        // A rule's row opens the alerts table filtered to it.
+        row.addEventListener("click", () => {
+          filters = { ...filters, rule: h.id };
+          location.hash = "#/";
+        });
+        return row;
+      }),
+    ),
+  );
+  main().replaceChildren(...parts);
+}
+
 // ---- session and routing ---------------------------------------------------------------
 
 function signedOutNotice(): void {
@@ -401,8 +610,14 @@ async function route(): Promise<void> {
   stopPage();
   stopPage = () => {};
   const match = /^#\/alerts\/(\d+)$/.exec(location.hash);
+  for (const link of document.querySelectorAll("nav a")) {
+    const page = link.getAttribute("href") ?? "";
+    link.classList.toggle("current", page === "#/" ? !/^#\/(sensors|rules)$/.test(location.hash) : location.hash === page);
+  }
   try {
     if (match) await alertPage(match[1]);
+    else if (location.hash === "#/sensors") await sensorsPage();
+    else if (location.hash === "#/rules") await rulesPage();
     else await alertsPage();
   } catch (e) {
     showError(e);

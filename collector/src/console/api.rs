@@ -17,8 +17,8 @@ use tracing::{error, info, warn};
 use vigil_proto::{Level, Timestamp};
 
 use super::auth::{self, Session, Sessions, CSRF_HEADER, SESSION_COOKIE};
-use super::page;
 use super::queries::{AlertFilter, ConsoleStore, Cursor};
+use super::{fleet, page};
 
 /// Alerts per page when the request does not say, and at most.
 const DEFAULT_PAGE: u32 = 50;
@@ -33,6 +33,8 @@ const MAX_BUCKETS: u64 = 10_000;
 pub(super) struct AppState {
     pub sessions: Arc<Sessions>,
     pub store: ConsoleStore,
+    /// The central rule sets (`None` without a `rules:` config), for the Rules page.
+    pub central: Option<Arc<crate::central_rules::CentralRules>>,
 }
 
 /// Who is signed in, and with which session id (for sign-out).
@@ -49,6 +51,8 @@ pub(super) fn router(state: AppState) -> Router {
         .route("/alerts", get(list_alerts))
         .route("/alerts/{id}", get(alert_detail))
         .route("/counts", get(counts))
+        .route("/sensors", get(fleet::sensors))
+        .route("/rules", get(fleet::rules))
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such API endpoint") })
         // `layer`, not `route_layer`: an unknown /api/ path needs a session too, so probing
         // the API without one learns nothing.
@@ -69,7 +73,7 @@ fn api_error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-fn store_failed(what: &str, e: &crate::store::StoreError) -> Response {
+pub(super) fn store_failed(what: &str, e: &crate::store::StoreError) -> Response {
     error!("console: {what} failed: {e}");
     api_error(
         StatusCode::INTERNAL_SERVER_ERROR,

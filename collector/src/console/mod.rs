@@ -6,14 +6,18 @@
 //! one-time sign-in link ([`LoginIssuer`]), which only an operator certificate may make. So the
 //! console has no passwords of its own: whoever can sign in holds an operator certificate.
 //!
-//! Modules: `auth` (links, sessions, CSRF), `api` (the JSON under `/api/`), `queries` (SQL over
-//! the store), `page` (the embedded front end and security headers), `tls` (the HTTPS accept
-//! loop).
+//! Modules: `auth` (links, sessions, CSRF), `api` (the JSON under `/api/`), `fleet` (the
+//! sensors' and rules' JSON), `queries` (what the console reads, for both engines),
+//! `sqlite_queries` and `pg_queries` (the SQL of each), `page` (the embedded front end and
+//! security headers), `tls` (the HTTPS accept loop).
 
 mod api;
 mod auth;
+mod fleet;
 mod page;
+mod pg_queries;
 mod queries;
+mod sqlite_queries;
 mod tls;
 
 use std::net::SocketAddr;
@@ -92,6 +96,7 @@ impl Console {
         config: &ConsoleConfig,
         tls: &crate::config::TlsConfig,
         store: Store,
+        central: Option<Arc<crate::central_rules::CentralRules>>,
     ) -> Result<(Self, LoginIssuer), ConsoleError> {
         let ConsoleConfig {
             listen,
@@ -119,6 +124,7 @@ impl Console {
         let router = api::router(api::AppState {
             sessions,
             store: queries::ConsoleStore::new(store),
+            central,
         });
         tracing::info!(%local, url = %base_url, "console serving https on {local}");
         Ok((

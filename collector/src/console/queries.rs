@@ -1,28 +1,29 @@
 //! What the console reads from the store, and nothing else: filtered pages of alerts, one
-//! alert with its process ancestry and the events around it, and alert counts over time.
+//! alert with its process ancestry and the events around it, alert counts over time, hits per
+//! rule, the sensors.
 //!
-//! [`ConsoleStore`] is the narrow interface the HTTP handlers use; today it runs SQL on the
-//! SQLite store's read-only connections (PostgreSQL is refused for now). Paging is by id (keyset), never by
-//! offset, so page N costs what page 1 costs however many alerts are stored.
+//! [`ConsoleStore`] is the narrow interface the HTTP handlers use. It runs SQL on the SQLite
+//! store's read-only connections (`sqlite_queries`) or on the PostgreSQL store's pool
+//! (`pg_queries`); what the two share (the answers' types, paging, the ancestry walk, the
+//! process tree) lives here, so both engines answer alike. Paging is by id (keyset), never by offset, so page N costs
+//! what page 1 costs however many alerts are stored.
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
 
-use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use serde::Serialize;
-use vigil_proto::{Alert, Event, Level, StoredAlert, Timestamp};
+use vigil_proto::{Event, Level, ParentProcess, StoredAlert, Timestamp};
 
-use crate::store::{Store, StoreError};
+use super::{pg_queries, sqlite_queries};
+use crate::store::{PgStore, SqliteStore, Store, StoreError};
 
 /// How far before the window an ancestor's newest event is looked for. Bounded because a
 /// process with no stored event at all (started before the sensor) costs a scan of this range:
 /// the events table has no index by process.
-const ANCESTRY_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(3600);
+pub(super) const ANCESTRY_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Deepest ancestry walked: past this it is a loop in bad data, not a real process tree.
 const MAX_ANCESTRY: usize = 64;
 /// Events read from the window around an alert; the answer says when it was cut.
-const MAX_WINDOW_EVENTS: u32 = 50_000;
+pub(super) const MAX_WINDOW_EVENTS: u32 = 50_000;
 /// Events of the alert's process tree returned.
 const MAX_TREE_EVENTS: usize = 2_000;
 
@@ -159,6 +160,27 @@ pub(super) struct CountBucket {
     pub by_level: std::collections::BTreeMap<Level, u64>,
 }
 
+/// How many stored alerts one rule raised, and its latest.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub(super) struct RuleHits {
+    pub id: String,
+    /// As the latest alert carried it (a rule's title may change between versions).
+    pub title: String,
+    pub level: Option<Level>,
+    pub hits: u64,
+    pub last_hit: Timestamp,
+    pub last_alert_id: i64,
+}
+
+/// Most rules the hit table lists (the most frequent first): bounds the answer.
+pub(super) const MAX_RULES_LISTED: u32 = 5_000;
+
+/// Which engine answers.
+enum Engine<'a> {
+    Sqlite(&'a SqliteStore),
+    Postgres(&'a PgStore),
+}
+
 /// The console's view of the store.
 #[derive(Clone)]
 pub(super) struct ConsoleStore {
@@ -170,10 +192,16 @@ impl ConsoleStore {
         Self { store }
     }
 
-    fn sqlite(&self) -> Result<&crate::store::SqliteStore, StoreError> {
-        self.store.as_sqlite().ok_or(StoreError::Unsupported {
-            what: "the web console",
-        })
+    fn engine(&self) -> Result<Engine<'_>, StoreError> {
+        if let Some(sqlite) = self.store.as_sqlite() {
+            return Ok(Engine::Sqlite(sqlite));
+        }
+        self.store
+            .as_postgres()
+            .map(Engine::Postgres)
+            .ok_or(StoreError::Unsupported {
+                what: "the web console",
+            })
     }
 
     /// One page of matching alerts (`limit` rows at most) and how many match in all.
@@ -183,9 +211,15 @@ impl ConsoleStore {
         cursor: Cursor,
         limit: u32,
     ) -> Result<AlertPage, StoreError> {
-        self.sqlite()?
-            .read(move |conn, path| alert_page(conn, path, &filter, cursor, limit))
-            .await
+        match self.engine()? {
+            Engine::Sqlite(db) => {
+                db.read(move |conn, path| {
+                    sqlite_queries::alert_page(conn, path, &filter, cursor, limit)
+                })
+                .await
+            }
+            Engine::Postgres(pg) => pg_queries::alert_page(pg, &filter, cursor, limit).await,
+        }
     }
 
     /// The alert with this id and its context: ancestry from stored events, and the events of
@@ -196,9 +230,15 @@ impl ConsoleStore {
         before: std::time::Duration,
         after: std::time::Duration,
     ) -> Result<Option<AlertDetail>, StoreError> {
-        self.sqlite()?
-            .read(move |conn, path| alert_detail(conn, path, id, before, after))
-            .await
+        match self.engine()? {
+            Engine::Sqlite(db) => {
+                db.read(move |conn, path| {
+                    sqlite_queries::alert_detail(conn, path, id, before, after)
+                })
+                .await
+            }
+            Engine::Postgres(pg) => pg_queries::alert_detail(pg, id, before, after).await,
+        }
     }
 
     /// Matching alerts counted per `bucket` of receive time, oldest bucket first; empty buckets
@@ -208,174 +248,64 @@ impl ConsoleStore {
         filter: AlertFilter,
         bucket: std::time::Duration,
     ) -> Result<Vec<CountBucket>, StoreError> {
-        self.sqlite()?
-            .read(move |conn, path| counts(conn, path, &filter, bucket))
-            .await
+        match self.engine()? {
+            Engine::Sqlite(db) => {
+                db.read(move |conn, path| sqlite_queries::counts(conn, path, &filter, bucket))
+                    .await
+            }
+            Engine::Postgres(pg) => pg_queries::counts(pg, &filter, bucket).await,
+        }
     }
-}
 
-fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-    move |source| StoreError::Sqlite {
-        path: path.to_owned(),
-        source,
+    /// Every sensor that sent a heartbeat (both engines answer this one).
+    pub(super) async fn sensors(&self) -> Result<Vec<vigil_proto::SensorInfo>, StoreError> {
+        self.store.sensors().await
+    }
+
+    /// Stored alerts per rule id, the most frequent first.
+    pub(super) async fn rule_hits(&self) -> Result<Vec<RuleHits>, StoreError> {
+        match self.engine()? {
+            Engine::Sqlite(db) => db.read(sqlite_queries::rule_hits).await,
+            Engine::Postgres(pg) => pg_queries::rule_hits(pg).await,
+        }
     }
 }
 
 /// Nanoseconds as SQLite's i64, clamped (as the store does).
-fn ns(t: Timestamp) -> i64 {
+pub(super) fn ns(t: Timestamp) -> i64 {
     i64::try_from(t.unix_nanos()).unwrap_or(i64::MAX)
 }
 
-/// `WHERE` conditions (joined by AND, possibly none) and their parameters.
-fn conditions(filter: &AlertFilter) -> (Vec<&'static str>, Vec<Value>) {
-    let AlertFilter {
-        from,
-        to,
-        min_severity,
-        rule,
-        tag,
-        host,
-        text,
-    } = filter;
-    let mut sql = Vec::new();
-    let mut values = Vec::new();
-    if let Some(from) = from {
-        sql.push("received_ns >= ?");
-        values.push(Value::Integer(ns(*from)));
-    }
-    if let Some(to) = to {
-        sql.push("received_ns < ?");
-        values.push(Value::Integer(ns(*to)));
-    }
-    if let Some(min) = min_severity {
-        let levels = [
-            Level::Informational,
-            Level::Low,
-            Level::Medium,
-            Level::High,
-            Level::Critical,
-        ];
-        // Levels are stored as text; five fixed placeholders keep the SQL static.
-        sql.push("level IN (?, ?, ?, ?, ?)");
-        for level in levels {
-            let keep = if level >= *min { level.as_str() } else { "" };
-            values.push(Value::Text(keep.to_owned()));
-        }
-    }
-    if let Some(rule) = rule {
-        sql.push("rule_id = ?");
-        values.push(Value::Text(rule.clone()));
-    }
-    if let Some(tag) = tag {
-        sql.push(
-            "EXISTS (SELECT 1 FROM json_each(alerts.json, '$.rule.tags') AS t WHERE t.value = ?)",
-        );
-        values.push(Value::Text(tag.clone()));
-    }
-    if let Some(host) = host {
-        sql.push("(sensor = ? OR json_extract(json, '$.host.name') = ?)");
-        values.push(Value::Text(host.clone()));
-        values.push(Value::Text(host.clone()));
-    }
-    if let Some(text) = text {
-        sql.push("json LIKE ? ESCAPE '\\'");
-        values.push(Value::Text(format!("%{}%", like_escape(text))));
-    }
-    (sql, values)
-}
-
 /// `text` as a literal inside a LIKE pattern with `ESCAPE '\'`.
-fn like_escape(text: &str) -> String {
+pub(super) fn like_escape(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_")
 }
 
-fn where_sql(parts: &[&str]) -> String {
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", parts.join(" AND "))
-    }
-}
-
-fn alert_page(
-    conn: &Connection,
-    path: &Path,
-    filter: &AlertFilter,
+/// A page from up to `limit + 1` alerts in page order (one more than shown tells whether
+/// another page exists) and the count of all matches.
+pub(super) fn page_of(
+    stored: Vec<StoredAlert>,
+    total: i64,
     cursor: Cursor,
     limit: u32,
-) -> Result<AlertPage, StoreError> {
-    let (parts, values) = conditions(filter);
-    let total: i64 = conn
-        .query_row(
-            &format!("SELECT COUNT(*) FROM alerts{}", where_sql(&parts)),
-            params_from_iter(values.iter()),
-            |row| row.get(0),
-        )
-        .map_err(sqlite(path))?;
-    let mut page_parts = parts.clone();
-    let mut page_values = values.clone();
-    let order = match cursor {
-        Cursor::Before(Some(id)) => {
-            page_parts.push("id < ?");
-            page_values.push(Value::Integer(id));
-            "DESC"
-        }
-        Cursor::Before(None) => "DESC",
-        Cursor::After(id) => {
-            page_parts.push("id > ?");
-            page_values.push(Value::Integer(id));
-            "ASC"
-        }
-    };
-    // One more than asked tells whether another page exists.
-    page_values.push(Value::Integer(i64::from(limit) + 1));
-    let sql = format!(
-        "SELECT id, sensor, received_ns, json FROM alerts{} ORDER BY id {order} LIMIT ?",
-        where_sql(&page_parts)
-    );
-    let mut statement = conn.prepare(&sql).map_err(sqlite(path))?;
-    let mut rows = statement
-        .query(params_from_iter(page_values.iter()))
-        .map_err(sqlite(path))?;
-    let mut alerts = Vec::new();
-    let mut more = false;
-    while let Some(row) = rows.next().map_err(sqlite(path))? {
-        if alerts.len() == limit as usize {
-            more = true;
-            break;
-        }
-        let stored = stored_alert(row, path)?;
-        alerts.push(summary(stored));
-    }
+) -> AlertPage {
+    let more = stored.len() > limit as usize;
+    let alerts: Vec<AlertSummary> = stored
+        .into_iter()
+        .take(limit as usize)
+        .map(summary)
+        .collect();
     let next_before = match cursor {
         Cursor::Before(_) if more => alerts.last().map(|a| a.id),
         _ => None,
     };
-    Ok(AlertPage {
+    AlertPage {
         alerts,
         total: u64::try_from(total).unwrap_or(0),
         next_before,
-    })
-}
-
-fn stored_alert(row: &rusqlite::Row<'_>, path: &Path) -> Result<StoredAlert, StoreError> {
-    let id: i64 = row.get(0).map_err(sqlite(path))?;
-    let sensor: String = row.get(1).map_err(sqlite(path))?;
-    let received_ns: i64 = row.get(2).map_err(sqlite(path))?;
-    let json: String = row.get(3).map_err(sqlite(path))?;
-    let alert: Alert = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
-        what: "alert",
-        id,
-        source,
-    })?;
-    Ok(StoredAlert {
-        id,
-        sensor,
-        received: Timestamp(u64::try_from(received_ns).unwrap_or(0)),
-        alert,
-    })
+    }
 }
 
 fn summary(stored: StoredAlert) -> AlertSummary {
@@ -397,78 +327,22 @@ fn summary(stored: StoredAlert) -> AlertSummary {
     }
 }
 
-fn alert_detail(
-    conn: &Connection,
-    path: &Path,
-    id: i64,
+/// The stretch of time around an alert whose events its page shows.
+pub(super) fn alert_window(
+    alert: &StoredAlert,
     before: std::time::Duration,
     after: std::time::Duration,
-) -> Result<Option<AlertDetail>, StoreError> {
-    let alert = conn
-        .query_row(
-            "SELECT id, sensor, received_ns, json FROM alerts WHERE id = ?1",
-            params![id],
-            |row| Ok(stored_alert(row, path)),
-        )
-        .optional()
-        .map_err(sqlite(path))?
-        .transpose()?;
-    let Some(alert) = alert else {
-        return Ok(None);
-    };
+) -> (Timestamp, Timestamp) {
     let at = alert.alert.event.timestamp.unix_nanos();
-    let window_from = Timestamp(at.saturating_sub(duration_ns(before)));
-    let window_to = Timestamp(at.saturating_add(duration_ns(after)));
-    let mut statement = conn
-        .prepare_cached(
-            "SELECT id, json FROM events WHERE sensor = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3
-             ORDER BY ts_ns, id LIMIT ?4",
-        )
-        .map_err(sqlite(path))?;
-    let mut rows = statement
-        .query(params![
-            alert.sensor,
-            ns(window_from),
-            ns(window_to),
-            MAX_WINDOW_EVENTS
-        ])
-        .map_err(sqlite(path))?;
-    let mut window = Vec::new();
-    while let Some(row) = rows.next().map_err(sqlite(path))? {
-        let event_id: i64 = row.get(0).map_err(sqlite(path))?;
-        let json: String = row.get(1).map_err(sqlite(path))?;
-        // A stored event that no longer parses is skipped, not fatal: the alert is still
-        // worth showing.
-        if let Ok(event) = serde_json::from_str::<Event>(&json) {
-            window.push(StoredEvent {
-                id: Some(event_id),
-                event,
-            });
-        }
-    }
-    let read_all = window.len() < MAX_WINDOW_EVENTS as usize;
-    let lookback_from = Timestamp(
-        window_from
-            .unix_nanos()
-            .saturating_sub(duration_ns(ANCESTRY_LOOKBACK)),
-    );
-    let ancestry = ancestry(conn, path, &alert, &window, (lookback_from, window_to))?;
-    let (tree, mut events, tree_complete) = process_tree(&alert.alert.event.process, window);
-    with_alert_event(&mut events, &alert.alert.event);
-    Ok(Some(AlertDetail {
-        alert,
-        ancestry,
-        tree,
-        events,
-        window_from,
-        window_to,
-        truncated: !(read_all && tree_complete),
-    }))
+    (
+        Timestamp(at.saturating_sub(duration_ns(before))),
+        Timestamp(at.saturating_add(duration_ns(after))),
+    )
 }
 
 /// Puts the alert's own event in the timeline, in time order, unless its telemetry copy (same
 /// process, same sensor sequence number) is already there.
-fn with_alert_event(events: &mut Vec<StoredEvent>, alerted: &Event) {
+pub(super) fn with_alert_event(events: &mut Vec<StoredEvent>, alerted: &Event) {
     let same = |e: &StoredEvent| {
         e.event.event.sequence == alerted.event.sequence
             && e.event.process.entity_id == alerted.process.entity_id
@@ -483,74 +357,69 @@ fn with_alert_event(events: &mut Vec<StoredEvent>, alerted: &Event) {
     events.insert(at, StoredEvent { id: None, event });
 }
 
-fn duration_ns(d: std::time::Duration) -> u64 {
+pub(super) fn duration_ns(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The alert's process, then each parent: from the newest stored event of that parent when
-/// there is one (full facts and the next parent up), else from what its child's event said.
-/// The window's events are looked at first (already read); older ancestors are looked up in
-/// `range` (the LIKE is a cheap prefilter, the json_extract the exact test).
-fn ancestry(
-    conn: &Connection,
-    path: &Path,
-    alert: &StoredAlert,
-    window: &[StoredEvent],
-    range: (Timestamp, Timestamp),
-) -> Result<Vec<ProcessNode>, StoreError> {
-    let process = &alert.alert.event.process;
-    let mut chain = vec![ProcessNode::of(process)];
-    let mut parent = process.parent.as_deref().cloned();
-    let mut seen = HashSet::from([process.entity_id.clone()]);
-    // The newest event of each process in the window (events are oldest first).
-    let newest: std::collections::HashMap<&str, &Event> = window
+/// The newest event of each process in the window (events are oldest first).
+pub(super) fn newest_in_window(window: &[StoredEvent]) -> HashMap<&str, &Event> {
+    window
         .iter()
         .map(|e| (e.event.process.entity_id.as_str(), &e.event))
-        .collect();
-    let mut statement = conn
-        .prepare_cached(
-            "SELECT json FROM events WHERE sensor = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3
-               AND json LIKE ?4 ESCAPE '\\'
-               AND json_extract(json, '$.process.entity_id') = ?5
-             ORDER BY ts_ns DESC LIMIT 1",
-        )
-        .map_err(sqlite(path))?;
-    while let Some(p) = parent.take() {
-        if p.entity_id.is_empty() || !seen.insert(p.entity_id.clone()) {
-            break;
-        }
-        if chain.len() >= MAX_ANCESTRY {
-            break;
-        }
-        let found = match newest.get(p.entity_id.as_str()) {
-            Some(event) => Some((*event).clone()),
-            None => {
-                let pattern = format!("%\"entity_id\":\"{}\"%", like_escape(&p.entity_id));
-                let json: Option<String> = statement
-                    .query_row(
-                        params![alert.sensor, ns(range.0), ns(range.1), pattern, p.entity_id],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                    .map_err(sqlite(path))?;
-                json.and_then(|j| serde_json::from_str::<Event>(&j).ok())
-            }
-        };
-        match found {
-            Some(event) => {
-                chain.push(ProcessNode::of(&event.process));
-                parent = event.process.parent.map(|b| *b);
-            }
-            None => chain.push(ProcessNode::of_parent(&p)),
+        .collect()
+}
+
+/// The walk up from the alert's process: each parent from the newest stored event of that
+/// parent when there is one (full facts and the next parent up), else from what its child's
+/// event said. Each engine finds the events; this decides where to stop (an empty id, a loop
+/// in bad data, [`MAX_ANCESTRY`]).
+pub(super) struct Ancestry {
+    chain: Vec<ProcessNode>,
+    parent: Option<ParentProcess>,
+    seen: HashSet<String>,
+}
+
+impl Ancestry {
+    pub(super) fn new(process: &vigil_proto::Process) -> Self {
+        Self {
+            chain: vec![ProcessNode::of(process)],
+            parent: process.parent.as_deref().cloned(),
+            seen: HashSet::from([process.entity_id.clone()]),
         }
     }
-    Ok(chain)
+
+    /// The next ancestor to look up, or `None` when the walk is over.
+    pub(super) fn next_wanted(&mut self) -> Option<ParentProcess> {
+        let p = self.parent.take()?;
+        if p.entity_id.is_empty()
+            || !self.seen.insert(p.entity_id.clone())
+            || self.chain.len() >= MAX_ANCESTRY
+        {
+            return None;
+        }
+        Some(p)
+    }
+
+    /// What the lookup of `wanted` found: its newest event, or nothing.
+    pub(super) fn found(&mut self, wanted: &ParentProcess, event: Option<Event>) {
+        match event {
+            Some(event) => {
+                self.chain.push(ProcessNode::of(&event.process));
+                self.parent = event.process.parent.map(|b| *b);
+            }
+            None => self.chain.push(ProcessNode::of_parent(wanted)),
+        }
+    }
+
+    pub(super) fn into_chain(self) -> Vec<ProcessNode> {
+        self.chain
+    }
 }
 
 /// From the window's events (oldest first), the alert's process and its descendants (a child
 /// joins when an event names a member as its parent), and the events of those processes.
 /// Pure: unit-tested without a database. The flag is false when events were cut.
-fn process_tree(
+pub(super) fn process_tree(
     root: &vigil_proto::Process,
     window: Vec<StoredEvent>,
 ) -> (Vec<ProcessNode>, Vec<StoredEvent>, bool) {
@@ -586,30 +455,10 @@ fn process_tree(
     (members, events, complete)
 }
 
-fn counts(
-    conn: &Connection,
-    path: &Path,
-    filter: &AlertFilter,
-    bucket: std::time::Duration,
-) -> Result<Vec<CountBucket>, StoreError> {
-    let (parts, mut values) = conditions(filter);
-    let width = i64::try_from(bucket.as_nanos()).unwrap_or(i64::MAX).max(1);
-    let sql = format!(
-        "SELECT (received_ns / ?) * ? AS bucket, level, COUNT(*) FROM alerts{}
-         GROUP BY bucket, level ORDER BY bucket",
-        where_sql(&parts)
-    );
-    values.insert(0, Value::Integer(width));
-    values.insert(0, Value::Integer(width));
-    let mut statement = conn.prepare(&sql).map_err(sqlite(path))?;
-    let mut rows = statement
-        .query(params_from_iter(values.iter()))
-        .map_err(sqlite(path))?;
+/// Buckets from (bucket start ns, level, count) rows ordered by bucket.
+pub(super) fn buckets_of(rows: Vec<(i64, String, i64)>) -> Vec<CountBucket> {
     let mut out: Vec<CountBucket> = Vec::new();
-    while let Some(row) = rows.next().map_err(sqlite(path))? {
-        let start: i64 = row.get(0).map_err(sqlite(path))?;
-        let level: String = row.get(1).map_err(sqlite(path))?;
-        let n: i64 = row.get(2).map_err(sqlite(path))?;
+    for (start, level, n) in rows {
         let n = u64::try_from(n).unwrap_or(0);
         let start = Timestamp(u64::try_from(start).unwrap_or(0));
         if out.last().map(|b| b.start) != Some(start) {
@@ -626,7 +475,27 @@ fn counts(
             }
         }
     }
-    Ok(out)
+    out
+}
+
+/// One row of the hit table from (rule id, hits, latest alert id, its title, its level, its
+/// receive time).
+pub(super) fn rule_hit(
+    id: String,
+    hits: i64,
+    last_alert_id: i64,
+    title: String,
+    level: String,
+    received_ns: i64,
+) -> RuleHits {
+    RuleHits {
+        id,
+        title,
+        level: serde_json::from_value(serde_json::Value::String(level)).ok(),
+        hits: u64::try_from(hits).unwrap_or(0),
+        last_hit: Timestamp(u64::try_from(received_ns).unwrap_or(0)),
+        last_alert_id,
+    }
 }
 
 #[cfg(test)]
@@ -702,18 +571,5 @@ mod tests {
         assert_eq!(ids, [Some(1), None, Some(2)]);
         with_alert_event(&mut events, &at(30, 3, "r"));
         assert_eq!(events.len(), 3, "already there as telemetry");
-    }
-
-    #[test]
-    fn filters_escape_like_wildcards() {
-        let (sql, values) = conditions(&AlertFilter {
-            text: Some("50%_off\\".into()),
-            min_severity: Some(Level::High),
-            ..AlertFilter::default()
-        });
-        assert_eq!(sql.len(), 2);
-        assert_eq!(values[0], Value::Text(String::new()));
-        assert_eq!(values[3], Value::Text("high".into()));
-        assert_eq!(values[5], Value::Text("%50\\%\\_off\\\\%".into()));
     }
 }

@@ -79,9 +79,14 @@ pub trait Storage: Send + Sync {
     ) -> StoreFuture<'_, Vec<SensorInfo>>;
     /// Every sensor that sent a heartbeat, by name.
     fn sensors(&self) -> StoreFuture<'_, Vec<SensorInfo>>;
-    /// The SQLite engine behind this store, for readers that still speak its SQL (the web
-    /// console); `None` for other engines.
+    /// The SQLite engine behind this store, for readers that speak its SQL (the web console);
+    /// `None` for other engines.
     fn as_sqlite(&self) -> Option<&SqliteStore> {
+        None
+    }
+    /// The PostgreSQL engine behind this store, for readers that speak its SQL (the web
+    /// console); `None` for other engines.
+    fn as_postgres(&self) -> Option<&PgStore> {
         None
     }
 }
@@ -358,8 +363,8 @@ pub enum StoreError {
     /// The writer thread is gone (it only stops at shutdown, or after a panic).
     #[error("the storage writer has stopped")]
     WriterGone,
-    /// A reader that only works on one engine was used with another.
-    #[error("{what} works with the SQLite store only, for now")]
+    /// A reader that knows neither engine's SQL was used with this store.
+    #[error("{what} does not work with this store")]
     Unsupported { what: &'static str },
 }
 

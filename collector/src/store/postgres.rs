@@ -170,7 +170,7 @@ impl PgStore {
         Ok((store, Background { stop, feed }))
     }
 
-    fn error(&self) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
+    pub(crate) fn error(&self) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
         |source| StoreError::Postgres {
             target: self.url.to_string(),
             source,
@@ -178,7 +178,7 @@ impl PgStore {
     }
 
     /// A connection of the pool, reconnected if the server closed it.
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, StoreError> {
+    pub(crate) async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, StoreError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         let mut client = self.pool[index].lock().await;
         if client.is_closed() {
@@ -657,6 +657,10 @@ impl PgStore {
 }
 
 impl Storage for PgStore {
+    fn as_postgres(&self) -> Option<&PgStore> {
+        Some(self)
+    }
+
     fn publish(&self, sensor: String, batch: Batch) -> StoreFuture<'_, Published> {
         Box::pin(self.publish_batch(sensor, batch))
     }
