@@ -69,7 +69,7 @@ pub(super) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn api_error(status: StatusCode, message: &str) -> Response {
+pub(super) fn api_error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use vigil_proto::{Level, SensorInfo, SignedRuleSet, Timestamp};
 
-use super::api::{store_failed, AppState};
+use super::api::{api_error, store_failed, AppState};
 use super::queries::RuleHits;
 
 #[derive(Serialize)]
@@ -95,9 +96,16 @@ pub(super) async fn rules(State(state): State<AppState>) -> Response {
         .map(|c| c.running())
         .unwrap_or_default();
     let central = match state.central.as_ref().and_then(|c| c.served()) {
-        Some(set) => tokio::task::spawn_blocking(move || central_view(&set))
-            .await
-            .ok(),
+        Some(set) => match tokio::task::spawn_blocking(move || central_view(&set)).await {
+            Ok(view) => Some(view),
+            Err(e) => {
+                tracing::error!("console: compiling the served rule set failed: {e}");
+                return api_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the collector could not read its rule set",
+                );
+            }
+        },
         None => None,
     };
     Json(RulesView {
