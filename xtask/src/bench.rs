@@ -28,7 +28,20 @@ use workload::{fastest_chunk, unwatched_file, Plan, Timing, UNWATCHED_DIR, WORKL
 /// How long to wait for a sensor to report `sensor running` or to exit after SIGTERM.
 const SENSOR_DEADLINE: Duration = Duration::from_secs(30);
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+/// A part of the suite that `--only` can select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Series {
+    /// A1-A4: syscall loops, sensor attached / detached.
+    A,
+    /// B, C and D: the whole pipeline (one stack serves all three).
+    Bcd,
+    /// E: rule matching.
+    E,
+    /// F: collector ingest.
+    F,
+}
+
+pub fn run(quick: bool, only: &[Series]) -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("the sensor loads eBPF programs and needs root; run `sudo -E cargo xtask bench`");
     }
@@ -38,14 +51,25 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
 
-    let mut metrics = rule_matching()?;
-    std::fs::create_dir_all(UNWATCHED_DIR)?;
-    std::fs::write(unwatched_file(), b"vigil bench\n")?;
-    let attached = attach_detach_rounds(&plan, &bins.sensor, &out_dir.join("sensor.log"));
-    let _ = std::fs::remove_dir_all(UNWATCHED_DIR);
-    metrics.splice(0..0, attached?);
-    metrics.extend(stack::run(stack::StackPlan::new(quick), &bins, &out_dir)?);
-    metrics.extend(collector_ingest(&bins, quick)?);
+    let wanted = |series: Series| only.is_empty() || only.contains(&series);
+
+    let mut metrics = Vec::new();
+    if wanted(Series::A) {
+        std::fs::create_dir_all(UNWATCHED_DIR)?;
+        std::fs::write(unwatched_file(), b"vigil bench\n")?;
+        let attached = attach_detach_rounds(&plan, &bins.sensor, &out_dir.join("sensor.log"));
+        let _ = std::fs::remove_dir_all(UNWATCHED_DIR);
+        metrics.extend(attached?);
+    }
+    if wanted(Series::Bcd) {
+        metrics.extend(stack::run(stack::StackPlan::new(quick), &bins, &out_dir)?);
+    }
+    if wanted(Series::E) {
+        metrics.extend(rule_matching()?);
+    }
+    if wanted(Series::F) {
+        metrics.extend(collector_ingest(&bins, quick)?);
+    }
 
     let mut json = String::new();
     for m in &metrics {

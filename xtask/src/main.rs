@@ -44,6 +44,9 @@ enum Command {
         /// Fewer, shorter rounds (for CI): checks the benchmark runs, figures are rough.
         #[arg(long)]
         quick: bool,
+        /// Run only these series (repeat or separate by commas); default: all of them.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Series>,
     },
     /// Run every fuzz target (or one) for a fixed time; fails on a crash, naming its artifact.
     Fuzz {
@@ -75,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run => stack::run(),
         Command::Test => test::run(),
         Command::VmTest => vm::run(),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, only } => bench::run(quick, &only),
         Command::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Command::Audit => audit::run(),
         Command::Package { profile } => package::build(profile).map(|_| ()),

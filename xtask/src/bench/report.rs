@@ -100,19 +100,28 @@ pub(super) fn to_table(metrics: &[Metric], plan: &Plan, took: Duration) -> Strin
             if m.met { "yes" } else { "NO" },
         );
     }
-    let _ = writeln!(
+    let has = |series: &[char]| {
+        metrics
+            .iter()
+            .any(|m| m.name.starts_with(|c| series.contains(&c)))
+    };
+    if has(&['A']) {
+        let _ = writeln!(
         t,
         "A: baseline = sensor detached, treatment = `vigil-sensor --output none` attached; ratio = median of {} per-round ratios (ABBA order), each side the fastest of {CHUNKS} slices; CPU = the loop thread's CPU time plus its reaped children's (the goal's figure), wall = elapsed time (also charges the sensor's and everyone else's use of the 2 cores); drops = kernel records the sensor logged lost. Took {:.0} s.",
         plan.rounds,
         took.as_secs_f64()
     );
-    let _ = writeln!(
+    }
+    if has(&['B', 'C', 'D', 'F']) {
+        let _ = writeln!(
         t,
         "B-D: release collector (SQLite) + sensor shipping every event over QUIC, 100 rules, file prefix = the bench directory only. \
 B: open/close generator doubling its rate, a step is lossless when no sensor drop counter moved and sensor and collector saw every open (lossless = generator max: the generator, one thread of a debug build, was the limit); \
 raw drain = the same kernel programs drained by a consumer that only counts. C: open of a file a rule names -> line printed by `vigil tail -o json`. \
 D: CPU = sum of the sensor's threads' schedstat over the step and its settling second, per generated event: total = all of it (the goal's figure; it includes the sensor's work for the rest of the host), less host background = minus its CPU rate in an idle window just before (noisy: the host's load moves by the second). F: 512-event batches one at a time, as the sensor's lane sends them."
     );
+    }
     t
 }
 
