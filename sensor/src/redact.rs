@@ -49,7 +49,14 @@ pub struct RedactError {
 pub struct Redactor {
     /// Each pattern's match (or its second capture group, when it has one) is replaced.
     patterns: Vec<Regex>,
+    /// Argument lists seen and their redacted form (`None`: nothing to hide). Every event
+    /// carries its process's and its parent's argv, and a process's events all carry the
+    /// same: the patterns run once per distinct argv instead of twice per event.
+    seen: std::sync::Mutex<std::collections::HashMap<Vec<String>, Option<Vec<String>>>>,
 }
+
+/// Distinct argument lists remembered before the cache starts over.
+const SEEN_ARGV: usize = 4096;
 
 impl Redactor {
     /// The built-in patterns plus `extra` ones from the configuration.
@@ -63,11 +70,38 @@ impl Redactor {
             let regex = Regex::new(&pattern).map_err(|source| RedactError { pattern, source })?;
             patterns.push(regex);
         }
-        Ok(Self { patterns })
+        Ok(Self {
+            patterns,
+            seen: Default::default(),
+        })
     }
 
     /// Redacts argv in place; returns whether anything changed.
     pub fn redact_args(&self, args: &mut [String]) -> bool {
+        if args.len() < 2 {
+            // Only arguments after the program name are ever redacted.
+            return false;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = seen.get(&*args) {
+            return match known {
+                Some(redacted) => {
+                    args.clone_from_slice(redacted);
+                    true
+                }
+                None => false,
+            };
+        }
+        let original = args.to_vec();
+        let changed = self.redact_args_uncached(args);
+        if seen.len() >= SEEN_ARGV {
+            seen.clear();
+        }
+        seen.insert(original, changed.then(|| args.to_vec()));
+        changed
+    }
+
+    fn redact_args_uncached(&self, args: &mut [String]) -> bool {
         let program = args
             .first()
             .map(|a| a.rsplit('/').next().unwrap_or(a).to_owned())
@@ -216,6 +250,19 @@ mod tests {
             redact(&["git", "clone", "https://bob:pw@example.org/r.git"]),
             ["git", "clone", "https://bob:<redacted>@example.org/r.git"]
         );
+    }
+
+    #[test]
+    fn a_remembered_argv_is_redacted_the_same() {
+        let r = Redactor::new(&[]).unwrap();
+        for _ in 0..3 {
+            let mut args = vec!["app".to_owned(), "password=SECRET".to_owned()];
+            assert!(r.redact_args(&mut args));
+            assert_eq!(args, ["app", "password=<redacted>"]);
+            let mut plain = vec!["ls".to_owned(), "-la".to_owned()];
+            assert!(!r.redact_args(&mut plain));
+            assert_eq!(plain, ["ls", "-la"]);
+        }
     }
 
     #[test]
