@@ -52,8 +52,20 @@ pub struct Redactor {
     /// Argument lists seen and their redacted form (`None`: nothing to hide). Every event
     /// carries its process's and its parent's argv, and a process's events all carry the
     /// same: the patterns run once per distinct argv instead of twice per event.
-    seen: std::sync::Mutex<std::collections::HashMap<Vec<String>, Option<Vec<String>>>>,
+    seen: std::sync::Mutex<SeenArgv>,
 }
+
+/// Argument lists seen and their redacted form (`None`: nothing to hide).
+#[derive(Default)]
+struct SeenArgv {
+    /// The last few, compared before the map is asked: hashing a long argv (twice per event)
+    /// cost more than comparing it with the last few argvs, which a busy process repeats.
+    recent: std::collections::VecDeque<(Vec<String>, Option<Vec<String>>)>,
+    all: std::collections::HashMap<Vec<String>, Option<Vec<String>>>,
+}
+
+/// Argument lists compared before the map is asked.
+const RECENT_ARGV: usize = 8;
 
 /// Distinct argument lists remembered before the cache starts over.
 const SEEN_ARGV: usize = 4096;
@@ -83,22 +95,45 @@ impl Redactor {
             return false;
         }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = seen.get(&*args) {
-            return match known {
-                Some(redacted) => {
-                    args.clone_from_slice(redacted);
-                    true
+        let SeenArgv { recent, all } = &mut *seen;
+        // NB: `args` stays as it came until the end: it is the key.
+        let found = recent.iter().position(|(argv, _)| argv[..] == *args);
+        let redacted = match found.and_then(|at| recent.get(at)) {
+            Some((_, redacted)) => redacted.clone(),
+            None => match all.get(&*args) {
+                Some(redacted) => redacted.clone(),
+                None => {
+                    let mut copy = args.to_vec();
+                    let redacted = self.redact_args_uncached(&mut copy).then_some(copy);
+                    if all.len() >= SEEN_ARGV {
+                        all.clear();
+                    }
+                    all.insert(args.to_vec(), redacted.clone());
+                    redacted
                 }
-                None => false,
-            };
+            },
+        };
+        match found {
+            Some(0) => {}
+            Some(at) => {
+                if let Some(entry) = recent.remove(at) {
+                    recent.push_front(entry);
+                }
+            }
+            None => {
+                if recent.len() >= RECENT_ARGV {
+                    recent.pop_back();
+                }
+                recent.push_front((args.to_vec(), redacted.clone()));
+            }
         }
-        let original = args.to_vec();
-        let changed = self.redact_args_uncached(args);
-        if seen.len() >= SEEN_ARGV {
-            seen.clear();
+        match redacted {
+            Some(redacted) => {
+                args.clone_from_slice(&redacted);
+                true
+            }
+            None => false,
         }
-        seen.insert(original, changed.then(|| args.to_vec()));
-        changed
     }
 
     fn redact_args_uncached(&self, args: &mut [String]) -> bool {
