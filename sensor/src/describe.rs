@@ -41,17 +41,26 @@ fn name(nr: u32) -> &'static str {
     if nr == vigil_common::hook_nr::FILE_OPEN {
         return "security_file_open";
     }
-    crate::syscalls::table()
-        .into_iter()
-        .map(|c| (c.name, c.nr))
-        .chain(
-            crate::syscalls::dns_syscalls()
-                .into_iter()
-                .map(|(name, nr, _)| (name, nr)),
-        )
-        .find(|(_, n)| *n == i64::from(nr))
-        .map(|(name, _)| name)
-        .unwrap_or("unknown")
+    // NB: built once: building the syscall table for every record was a measurable share of
+    // the sensor's time per event.
+    static NAMES: std::sync::OnceLock<std::collections::HashMap<i64, &'static str>> =
+        std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        let mut names = std::collections::HashMap::new();
+        let dns = crate::syscalls::dns_syscalls()
+            .into_iter()
+            .map(|(name, nr, _)| (name, nr));
+        // The first of a number wins, as the search this replaces found it.
+        for (name, nr) in crate::syscalls::table()
+            .into_iter()
+            .map(|c| (c.name, c.nr))
+            .chain(dns)
+        {
+            names.entry(nr).or_insert(name);
+        }
+        names
+    });
+    names.get(&i64::from(nr)).copied().unwrap_or("unknown")
 }
 
 /// ECS `network.transport` from the socket's type and protocol, as far as they tell it.

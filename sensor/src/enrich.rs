@@ -253,12 +253,30 @@ impl<V: SystemView> Enricher<V> {
                 return None;
             }
         }
-        let info = self
-            .table
-            .get(&pid)
-            .cloned()
-            .unwrap_or_else(|| self.unknown(&syscall.subject));
-        let mut event = self.event(described.action, &syscall.subject, &info);
+        // NB: built from the table's entry in place (not a clone of it): most records are
+        // syscalls of known processes, and a clone was a copy of argv per record.
+        self.sequence += 1;
+        let sequence = self.sequence;
+        let container = self.container(&syscall.subject);
+        let mut event = match self.table.get(&pid) {
+            Some(info) => self.build_event(
+                described.action,
+                &syscall.subject,
+                info,
+                sequence,
+                container,
+            ),
+            None => {
+                let info = self.unknown(&syscall.subject);
+                self.build_event(
+                    described.action,
+                    &syscall.subject,
+                    &info,
+                    sequence,
+                    container,
+                )
+            }
+        };
         let Described {
             action,
             mut file,
@@ -524,6 +542,18 @@ impl<V: SystemView> Enricher<V> {
 
     fn event(&mut self, action: EventAction, subject: &Subject, info: &ProcessInfo) -> Event {
         self.sequence += 1;
+        let container = self.container(subject);
+        self.build_event(action, subject, info, self.sequence, container)
+    }
+
+    fn build_event(
+        &self,
+        action: EventAction,
+        subject: &Subject,
+        info: &ProcessInfo,
+        sequence: u64,
+        container: Option<Container>,
+    ) -> Event {
         let parent = self
             .table
             .get(&subject.ppid)
@@ -537,7 +567,6 @@ impl<V: SystemView> Enricher<V> {
                     })
                 })
             });
-        let container = self.container(subject);
         let user = |id: u32| UserRef {
             id,
             name: self.view.user_name(id),
@@ -551,7 +580,7 @@ impl<V: SystemView> Enricher<V> {
             event: EventMeta {
                 kind: "event".into(),
                 action,
-                sequence: self.sequence,
+                sequence,
                 boot_ns: subject.boot_ns,
             },
             host: self.ctx.host.clone(),

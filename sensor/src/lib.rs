@@ -48,8 +48,10 @@ use crate::ship::{CollectorTarget, Outgoing, ShipStats};
 
 /// Records taken from the ring buffer per wakeup before the loop checks its other duties.
 const DRAIN_BUDGET: usize = 4096;
-/// Events and alerts between the pipeline and the shipper.
+/// Events between the pipeline and the shipper.
 const SHIP_QUEUE: usize = 65_536;
+/// Alerts between the pipeline and the shipper (their own queue, read first).
+const ALERT_QUEUE: usize = 4096;
 /// How long a stopping sensor keeps trying to deliver what it holds.
 const FINAL_FLUSH: Duration = Duration::from_secs(3);
 
@@ -167,6 +169,8 @@ pub async fn run(
         metrics.hook(hook.event, &hook.hook, true);
     }
     apply_kill_paths(&mut capture, &rules)?;
+    // Loading parsed the kernel's BTF (tens of MB, freed by now).
+    release_free_memory();
     tracing::info!(
         rules = rules.len(),
         skipped = rules.unsupported().len(),
@@ -201,16 +205,18 @@ pub async fn run(
             let spool = spool::Spool::open(&config.spool)
                 .with_context(|| format!("opening the spool {}", config.spool.dir.display()))?;
             tracing::info!(collector = %target.address, spool = %config.spool.dir.display(), "shipping to collector");
+            // Bounded by events through `ShipStats::queued_events`; chunks hold one drain each.
             let (tx, rx) = mpsc::channel(SHIP_QUEUE);
+            let (alert_tx, alert_rx) = mpsc::channel(ALERT_QUEUE);
             let stats = stats.clone();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let handle = tokio::spawn(async move {
-                ship::run(target, spool, rx, stats, async {
+                ship::run_with_alerts(target, spool, alert_rx, rx, stats, async {
                     let _ = stop_rx.await;
                 })
                 .await
             });
-            (Some(tx), Some((handle, stop_tx)))
+            (Some((tx, alert_tx)), Some((handle, stop_tx)))
         }
         None => (None, None),
     };
@@ -263,8 +269,11 @@ pub async fn run(
         stdout: (config.output == Output::Stdout).then(|| std::io::stdout().lock()),
         ship: ship_tx,
         stats: &stats,
+        pending: Vec::new(),
     };
     loop {
+        // What a `continue` below left (a hashed exec) goes before the loop waits again.
+        out.flush();
         let mut events: Vec<Event> = Vec::new();
         tokio::select! {
             () = &mut shutdown => break,
@@ -297,6 +306,7 @@ pub async fn run(
                 continue;
             }
             _ = tick.tick() => {
+                release_free_memory();
                 for alert in alerter.expire(&rules, vigil_proto::Timestamp::now()) {
                     emit_alert(alert, &redactor, &metrics, &mut out);
                 }
@@ -384,10 +394,12 @@ pub async fn run(
             }
             out.event(event);
         }
+        out.flush();
     }
     for (_, (_, event)) in awaiting_hash.drain() {
         out.event(event);
     }
+    out.flush();
     if let Some(follower) = follower {
         follower.abort();
     }
@@ -427,14 +439,28 @@ pub async fn run(
     Ok(())
 }
 
+/// Gives the C allocator's free memory back to the system. glibc keeps what it has freed
+/// (start-up's BTF parsing, a burst's batches) in its heaps, where it counted as the sensor's
+/// resident memory for good; trimming once a second costs well under a millisecond.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// How long an exec event may wait for its executable's hash before it goes without.
 const HASH_WAIT: Duration = Duration::from_millis(500);
 
 /// Where finished events and alerts go: local JSON lines and the collector.
 struct Outputs<'a> {
     stdout: Option<std::io::StdoutLock<'static>>,
-    ship: Option<mpsc::Sender<Outgoing>>,
+    /// The shipper's event and alert queues.
+    ship: Option<(mpsc::Sender<Outgoing>, mpsc::Sender<Box<Alert>>)>,
     stats: &'a ShipStats,
+    /// Events for the shipper, handed over together by [`Outputs::flush`].
+    pending: Vec<Event>,
 }
 
 impl Outputs<'_> {
@@ -442,8 +468,8 @@ impl Outputs<'_> {
         if let Some(out) = self.stdout.as_mut() {
             emit_json(out, &alert);
         }
-        if let Some(tx) = &self.ship {
-            if tx.try_send(Outgoing::Alert(Box::new(alert))).is_err() {
+        if let Some((_, tx)) = &self.ship {
+            if tx.try_send(Box::new(alert)).is_err() {
                 self.stats
                     .queue_alerts_dropped
                     .fetch_add(1, Ordering::Relaxed);
@@ -455,13 +481,33 @@ impl Outputs<'_> {
         if let Some(out) = self.stdout.as_mut() {
             emit_json(out, &event);
         }
-        if let Some(tx) = &self.ship {
-            if tx.try_send(Outgoing::Event(Box::new(event))).is_err() {
-                self.stats
-                    .queue_events_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if self.ship.is_some() {
+            self.pending.push(event);
         }
+    }
+
+    /// Hands the events gathered since the last call to the shipper at once; what does not
+    /// fit in its queue (counted in events) is counted as dropped.
+    fn flush(&mut self) {
+        let Some((tx, _)) = &self.ship else { return };
+        if self.pending.is_empty() {
+            return;
+        }
+        let n = self.pending.len() as u64;
+        let queued = self.stats.queued_events.load(Ordering::Relaxed);
+        let fits = queued + n <= SHIP_QUEUE as u64;
+        if fits {
+            self.stats.queued_events.fetch_add(n, Ordering::Relaxed);
+            let chunk = std::mem::take(&mut self.pending);
+            if tx.try_send(Outgoing::Events(chunk)).is_ok() {
+                return;
+            }
+            self.stats.queued_events.fetch_sub(n, Ordering::Relaxed);
+        }
+        self.pending.clear();
+        self.stats
+            .queue_events_dropped
+            .fetch_add(n, Ordering::Relaxed);
     }
 }
 

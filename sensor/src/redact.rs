@@ -49,7 +49,26 @@ pub struct RedactError {
 pub struct Redactor {
     /// Each pattern's match (or its second capture group, when it has one) is replaced.
     patterns: Vec<Regex>,
+    /// Argument lists seen and their redacted form (`None`: nothing to hide). Every event
+    /// carries its process's and its parent's argv, and a process's events all carry the
+    /// same: the patterns run once per distinct argv instead of twice per event.
+    seen: std::sync::Mutex<SeenArgv>,
 }
+
+/// Argument lists seen and their redacted form (`None`: nothing to hide).
+#[derive(Default)]
+struct SeenArgv {
+    /// The last few, compared before the map is asked: hashing a long argv (twice per event)
+    /// cost more than comparing it with the last few argvs, which a busy process repeats.
+    recent: std::collections::VecDeque<(Vec<String>, Option<Vec<String>>)>,
+    all: std::collections::HashMap<Vec<String>, Option<Vec<String>>>,
+}
+
+/// Argument lists compared before the map is asked.
+const RECENT_ARGV: usize = 8;
+
+/// Distinct argument lists remembered before the cache starts over.
+const SEEN_ARGV: usize = 4096;
 
 impl Redactor {
     /// The built-in patterns plus `extra` ones from the configuration.
@@ -63,11 +82,61 @@ impl Redactor {
             let regex = Regex::new(&pattern).map_err(|source| RedactError { pattern, source })?;
             patterns.push(regex);
         }
-        Ok(Self { patterns })
+        Ok(Self {
+            patterns,
+            seen: Default::default(),
+        })
     }
 
     /// Redacts argv in place; returns whether anything changed.
     pub fn redact_args(&self, args: &mut [String]) -> bool {
+        if args.len() < 2 {
+            // Only arguments after the program name are ever redacted.
+            return false;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let SeenArgv { recent, all } = &mut *seen;
+        // NB: `args` stays as it came until the end: it is the key.
+        let found = recent.iter().position(|(argv, _)| argv[..] == *args);
+        let redacted = match found.and_then(|at| recent.get(at)) {
+            Some((_, redacted)) => redacted.clone(),
+            None => match all.get(&*args) {
+                Some(redacted) => redacted.clone(),
+                None => {
+                    let mut copy = args.to_vec();
+                    let redacted = self.redact_args_uncached(&mut copy).then_some(copy);
+                    if all.len() >= SEEN_ARGV {
+                        all.clear();
+                    }
+                    all.insert(args.to_vec(), redacted.clone());
+                    redacted
+                }
+            },
+        };
+        match found {
+            Some(0) => {}
+            Some(at) => {
+                if let Some(entry) = recent.remove(at) {
+                    recent.push_front(entry);
+                }
+            }
+            None => {
+                if recent.len() >= RECENT_ARGV {
+                    recent.pop_back();
+                }
+                recent.push_front((args.to_vec(), redacted.clone()));
+            }
+        }
+        match redacted {
+            Some(redacted) => {
+                args.clone_from_slice(&redacted);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn redact_args_uncached(&self, args: &mut [String]) -> bool {
         let program = args
             .first()
             .map(|a| a.rsplit('/').next().unwrap_or(a).to_owned())
@@ -216,6 +285,19 @@ mod tests {
             redact(&["git", "clone", "https://bob:pw@example.org/r.git"]),
             ["git", "clone", "https://bob:<redacted>@example.org/r.git"]
         );
+    }
+
+    #[test]
+    fn a_remembered_argv_is_redacted_the_same() {
+        let r = Redactor::new(&[]).unwrap();
+        for _ in 0..3 {
+            let mut args = vec!["app".to_owned(), "password=SECRET".to_owned()];
+            assert!(r.redact_args(&mut args));
+            assert_eq!(args, ["app", "password=<redacted>"]);
+            let mut plain = vec!["ls".to_owned(), "-la".to_owned()];
+            assert!(!r.redact_args(&mut plain));
+            assert_eq!(plain, ["ls", "-la"]);
+        }
     }
 
     #[test]

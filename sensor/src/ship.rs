@@ -35,6 +35,10 @@ const HOUSEKEEPING: Duration = Duration::from_millis(200);
 pub enum Outgoing {
     Event(Box<Event>),
     Alert(Box<Alert>),
+    /// Events handed over together (what one ring-buffer drain produced): one channel
+    /// operation and one wakeup for many events. Counted in [`ShipStats::queued_events`] by
+    /// the sender, who bounds the queue by events rather than by messages.
+    Events(Vec<Event>),
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +70,8 @@ pub struct ShipStats {
     /// spool's persistent totals by the shipper.
     pub queue_events_dropped: AtomicU64,
     pub queue_alerts_dropped: AtomicU64,
+    /// Events sent as [`Outgoing::Events`] and not yet taken by the shipper.
+    pub queued_events: AtomicU64,
     /// Running totals of everything lost (spool and queue), as reported to the collector.
     pub events_dropped: AtomicU64,
     pub alerts_dropped: AtomicU64,
@@ -132,6 +138,20 @@ pub async fn run(
     stats: Arc<ShipStats>,
     give_up: impl std::future::Future<Output = ()>,
 ) -> Result<(), transport::TransportError> {
+    let (_, alerts) = mpsc::channel(1);
+    run_with_alerts(target, spool, alerts, rx, stats, give_up).await
+}
+
+/// [`run`], with alerts on a channel of their own that is always read first, so an alert never
+/// queues behind the telemetry handed over before it.
+pub async fn run_with_alerts(
+    target: CollectorTarget,
+    spool: Spool,
+    alerts: mpsc::Receiver<Box<Alert>>,
+    rx: mpsc::Receiver<Outgoing>,
+    stats: Arc<ShipStats>,
+    give_up: impl std::future::Future<Output = ()>,
+) -> Result<(), transport::TransportError> {
     let endpoint = transport::client_endpoint(&target.tls)?;
     let pending = spool.pending();
     if pending > 0 {
@@ -157,7 +177,7 @@ pub async fn run(
     };
     let work = async {
         tokio::join!(
-            batch(&shared, rx),
+            batch(&shared, alerts, rx),
             lane(&shared, &link, Class::Alerts),
             lane(&shared, &link, Class::Telemetry),
         )
@@ -177,12 +197,25 @@ pub async fn run(
 }
 
 /// Groups telemetry into batches and spools them; spools each alert at once.
-async fn batch(shared: &Shared, mut rx: mpsc::Receiver<Outgoing>) {
+async fn batch(
+    shared: &Shared,
+    alerts: mpsc::Receiver<Box<Alert>>,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    let mut alerts = Some(alerts);
     let mut events = Vec::new();
     let mut deadline = Instant::now() + BATCH_WINDOW;
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     loop {
         let item = tokio::select! {
+            biased;
+            alert = next_alert(&mut alerts) => {
+                match alert {
+                    Some(alert) => spool(shared, Class::Alerts, Vec::new(), vec![*alert]),
+                    None => alerts = None,
+                }
+                continue;
+            }
             item = rx.recv() => item,
             () = tokio::time::sleep_until(deadline), if !events.is_empty() => {
                 spool(shared, Class::Telemetry, std::mem::take(&mut events), Vec::new());
@@ -193,25 +226,36 @@ async fn batch(shared: &Shared, mut rx: mpsc::Receiver<Outgoing>) {
                 continue;
             }
         };
+        let mut add = |event: Event, events: &mut Vec<Event>| {
+            if events.is_empty() {
+                deadline = Instant::now() + BATCH_WINDOW;
+            }
+            events.push(event);
+            if events.len() >= MAX_BATCH_EVENTS {
+                spool(shared, Class::Telemetry, std::mem::take(events), Vec::new());
+            }
+        };
         match item {
             Some(Outgoing::Alert(alert)) => {
                 spool(shared, Class::Alerts, Vec::new(), vec![*alert]);
             }
-            Some(Outgoing::Event(event)) => {
-                if events.is_empty() {
-                    deadline = Instant::now() + BATCH_WINDOW;
-                }
-                events.push(*event);
-                if events.len() >= MAX_BATCH_EVENTS {
-                    spool(
-                        shared,
-                        Class::Telemetry,
-                        std::mem::take(&mut events),
-                        Vec::new(),
-                    );
+            Some(Outgoing::Event(event)) => add(*event, &mut events),
+            Some(Outgoing::Events(chunk)) => {
+                shared
+                    .stats
+                    .queued_events
+                    .fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                for event in chunk {
+                    add(event, &mut events);
                 }
             }
             None => {
+                // The sensor is stopping: what alerts are still queued go first.
+                if let Some(alerts) = alerts.as_mut() {
+                    while let Some(alert) = alerts.recv().await {
+                        spool(shared, Class::Alerts, Vec::new(), vec![*alert]);
+                    }
+                }
                 if !events.is_empty() {
                     spool(shared, Class::Telemetry, events, Vec::new());
                 }
@@ -226,6 +270,14 @@ async fn batch(shared: &Shared, mut rx: mpsc::Receiver<Outgoing>) {
     }
 }
 
+/// The next alert; never, once the channel is gone (`None` is returned once when it closes).
+async fn next_alert(alerts: &mut Option<mpsc::Receiver<Box<Alert>>>) -> Option<Box<Alert>> {
+    match alerts {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn spool(shared: &Shared, class: Class, events: Vec<Event>, alerts: Vec<Alert>) {
     let (n_events, n_alerts) = (events.len() as u64, alerts.len() as u64);
     let mut spool = shared.spool();
@@ -235,6 +287,9 @@ fn spool(shared: &Shared, class: Class, events: Vec<Event>, alerts: Vec<Alert>) 
             stats.events_spooled.fetch_add(n_events, Ordering::Relaxed);
             stats.alerts_spooled.fetch_add(n_alerts, Ordering::Relaxed);
             shared.wake[class as usize].notify_one();
+            if spool.sync_due() {
+                flush_unlocked(spool);
+            }
         }
         Ok(Appended::Dropped) => {}
         Err(e) => {
@@ -255,17 +310,31 @@ fn housekeep(shared: &Shared) {
     if let Err(e) = spool.count_dropped(events, alerts) {
         tracing::error!(error = %e, "cannot persist loss totals");
     }
-    if let Err(e) = spool.sync() {
+    shared.refresh_gauges(&spool);
+    flush_unlocked(spool);
+}
+
+/// Flushes what the spool has appended, after letting go of it (see `Spool::unsynced_files`).
+fn flush_unlocked(mut spool: MutexGuard<'_, Spool>) {
+    let files = spool.unsynced_files();
+    drop(spool);
+    let flushed = files.and_then(|files| {
+        for (path, file) in files {
+            file.sync_data()
+                .map_err(|source| crate::spool::SpoolError::Io { path, source })?;
+        }
+        Ok(())
+    });
+    if let Err(e) = flushed {
         tracing::error!(error = %e, "cannot flush the spool");
     }
-    shared.refresh_gauges(&spool);
 }
 
 /// Delivers one class from the spool, oldest first, one batch at a time until acked.
 async fn lane(shared: &Shared, link: &Link, class: Class) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let next = shared.spool().next_unsent(class);
+        let next = shared.spool().next_unsent_raw(class);
         let Some(pending) = next else {
             if !shared.producing.load(Ordering::Acquire) {
                 return;
@@ -275,22 +344,28 @@ async fn lane(shared: &Shared, link: &Link, class: Class) {
             shared.wake[class as usize].notified().await;
             continue;
         };
-        let mut batch = pending.batch;
+        let seq = pending.seq;
+        let body = pending.body;
         loop {
             // Totals as of now, so even a resend carries the newest counts.
-            batch.loss = shared.spool().loss();
+            let loss = shared.spool().loss();
+            let Some(frame) = publish_frame(seq, &body, loss) else {
+                tracing::warn!(seq, "undecodable spool record skipped");
+                shared.spool().skip_corrupt(class, seq);
+                break;
+            };
             let conn = link.connection().await;
-            match deliver(&conn, &batch).await {
+            match deliver(&conn, seq, &frame).await {
                 Ok(()) => {
                     backoff = BACKOFF_MIN;
                     let mut spool = shared.spool();
-                    spool.ack(class, batch.seq);
+                    spool.ack(class, seq);
                     shared.stats.batches_acked.fetch_add(1, Ordering::Relaxed);
                     shared.refresh_gauges(&spool);
                     break;
                 }
                 Err(reason) => {
-                    tracing::warn!(seq = batch.seq, ?class, %reason, "batch not acked; will resend");
+                    tracing::warn!(seq, ?class, %reason, "batch not acked; will resend");
                     link.broken(&conn).await;
                     sleep_backoff(&mut backoff).await;
                 }
@@ -395,14 +470,20 @@ async fn send_heartbeats(shared: &Shared, link: &Link, heartbeat: Option<Heartbe
     }
 }
 
-async fn deliver(conn: &quinn::Connection, batch: &Batch) -> Result<(), String> {
+/// Sends one publish frame (as [`publish_frame`] made it) and waits for the ack of `seq`.
+async fn deliver(conn: &quinn::Connection, seq: u64, frame: &[u8]) -> Result<(), String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    write_frame(&mut send, &RequestRef::Publish(batch))
+    let len = u32::try_from(frame.len())
+        .ok()
+        .filter(|&len| len as usize <= vigil_proto::MAX_FRAME_BYTES)
+        .ok_or_else(|| format!("a batch of {} bytes exceeds the frame limit", frame.len()))?;
+    send.write_all(&len.to_be_bytes())
         .await
         .map_err(|e| e.to_string())?;
+    send.write_all(frame).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
     match read_frame::<_, Reply>(&mut recv, MAX_REPLY_BYTES).await {
-        Ok(Some(Reply::Ack { seq })) if seq == batch.seq => Ok(()),
+        Ok(Some(Reply::Ack { seq: acked })) if acked == seq => Ok(()),
         Ok(Some(Reply::Refused { reason })) => {
             Err(format!("collector refused the batch: {reason}"))
         }
@@ -416,6 +497,53 @@ async fn deliver(conn: &quinn::Connection, batch: &Batch) -> Result<(), String> 
 #[derive(serde::Serialize)]
 enum RequestRef<'a> {
     Publish(&'a Batch),
+}
+
+/// What `"events": [], "alerts": []` is in MessagePack with named fields: the two fields of a
+/// [`Batch`] between its sequence number and its loss totals.
+const EMPTY_LISTS: &[u8] = b"\xa6events\x90\xa6alerts\x90";
+
+/// An encoded batch without events or alerts, split around [`EMPTY_LISTS`]: what comes before
+/// the events and after the alerts.
+fn split_template(template: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = template
+        .windows(EMPTY_LISTS.len())
+        .position(|w| w == EMPTY_LISTS)?;
+    Some((&template[..at], &template[at + EMPTY_LISTS.len()..]))
+}
+
+/// The frame body of `Request::Publish` for the spooled batch `seq` whose record body is `body`
+/// (a versioned [`Batch`] with default loss, as [`Spool::append`] writes it), carrying `loss`.
+///
+/// With named fields a struct is its fields' encodings one after the other, so the events and
+/// alerts are copied from the record as they are: the spool's encoding is reused instead of
+/// decoding ~500 events and encoding them again for every batch. The bytes are exactly
+/// `vigil_proto::encode(&Request::Publish(batch))` (see the tests). A body of another shape
+/// (written by another version) is decoded and encoded; `None` when it does not decode.
+fn publish_frame(seq: u64, body: &[u8], loss: vigil_proto::Loss) -> Option<Vec<u8>> {
+    let empty = |loss| Batch {
+        seq,
+        events: Vec::new(),
+        alerts: Vec::new(),
+        loss,
+    };
+    let spooled = vigil_proto::encode(&empty(vigil_proto::Loss::default())).ok()?;
+    let request = vigil_proto::encode(&RequestRef::Publish(&empty(loss))).ok()?;
+    if let (Some((head, tail)), Some((frame_head, frame_tail))) =
+        (split_template(&spooled), split_template(&request))
+    {
+        if body.len() >= head.len() + tail.len() && body.starts_with(head) && body.ends_with(tail) {
+            let lists = &body[head.len()..body.len() - tail.len()];
+            let mut frame = Vec::with_capacity(frame_head.len() + lists.len() + frame_tail.len());
+            frame.extend_from_slice(frame_head);
+            frame.extend_from_slice(lists);
+            frame.extend_from_slice(frame_tail);
+            return Some(frame);
+        }
+    }
+    let mut batch = crate::spool::decode_body(body, seq)?;
+    batch.loss = loss;
+    vigil_proto::encode(&RequestRef::Publish(&batch)).ok()
 }
 
 async fn sleep_backoff(backoff: &mut Duration) {
@@ -450,6 +578,86 @@ mod tests {
             vigil_proto::decode::<Request>(&bytes).unwrap(),
             Request::Publish(batch)
         );
+    }
+
+    fn sample_event(n: u64) -> Event {
+        let mut event = Event::default();
+        event.event.sequence = n;
+        event.process.executable = format!("/usr/bin/tool{n}");
+        event.process.args = vec!["tool".into(), format!("--n={n}")];
+        event
+    }
+
+    #[test]
+    fn publish_frames_from_spooled_bodies_are_the_publish_request() {
+        let loss = vigil_proto::Loss {
+            events_dropped: 7,
+            alerts_dropped: 1,
+            corrupt_records: u64::MAX,
+        };
+        let alert = Alert::new(
+            vigil_proto::RuleInfo {
+                id: "r".into(),
+                title: "t".into(),
+                level: vigil_proto::Level::High,
+                tags: Vec::new(),
+                description: None,
+                author: None,
+            },
+            sample_event(99),
+        );
+        for (seq, events, alerts) in [
+            (
+                first_sequence(),
+                (0..3).map(sample_event).collect(),
+                Vec::new(),
+            ),
+            (1, Vec::new(), vec![alert.clone()]),
+            (u64::MAX, Vec::new(), Vec::new()),
+            (0, vec![sample_event(5)], vec![alert]),
+        ] {
+            let spooled = Batch {
+                seq,
+                events,
+                alerts,
+                loss: vigil_proto::Loss::default(),
+            };
+            let body = vigil_proto::encode(&spooled).unwrap();
+            let frame = publish_frame(seq, &body, loss).expect("frame");
+            let sent = Batch { loss, ..spooled };
+            assert_eq!(
+                frame,
+                vigil_proto::encode(&RequestRef::Publish(&sent)).unwrap()
+            );
+            assert_eq!(
+                vigil_proto::decode::<Request>(&frame).unwrap(),
+                Request::Publish(sent)
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_of_another_shape_is_re_encoded_or_refused() {
+        // Loss totals that are not the default: not what this version spools, still sent.
+        let odd = Batch {
+            seq: 3,
+            events: vec![sample_event(1)],
+            alerts: Vec::new(),
+            loss: vigil_proto::Loss {
+                events_dropped: 2,
+                ..Default::default()
+            },
+        };
+        let body = vigil_proto::encode(&odd).unwrap();
+        let frame = publish_frame(3, &body, vigil_proto::Loss::default()).expect("frame");
+        assert_eq!(
+            vigil_proto::decode::<Request>(&frame).unwrap(),
+            Request::Publish(Batch {
+                loss: vigil_proto::Loss::default(),
+                ..odd
+            })
+        );
+        assert!(publish_frame(3, b"\x81\xa7version\x01", vigil_proto::Loss::default()).is_none());
     }
 
     #[test]

@@ -92,6 +92,15 @@ pub struct Pending {
     pub batch: Batch,
 }
 
+/// A batch read back from the spool as its record body: a versioned MessagePack
+/// [`Batch`] with its checksum verified (see [`record`]).
+#[derive(Debug)]
+pub struct RawPending {
+    pub class: Class,
+    pub seq: u64,
+    pub body: Vec<u8>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     seq_ceiling: u64,
@@ -254,7 +263,7 @@ impl Spool {
         self.unsynced = true;
         match self.fsync {
             Fsync::Always => self.sync()?,
-            Fsync::Batch if self.last_sync.elapsed() >= BATCH_SYNC_INTERVAL => self.sync()?,
+            // The caller flushes when `sync_due` says so, outside its lock on the spool.
             Fsync::Batch | Fsync::Never => {}
         }
         Ok(Appended::Spooled { seq })
@@ -264,6 +273,22 @@ impl Spool {
     /// fails its check now (the disk changed under us) is counted and skipped.
     pub fn next_unsent(&mut self, class: Class) -> Option<Pending> {
         loop {
+            let raw = self.next_unsent_raw(class)?;
+            match decode_body(&raw.body, raw.seq) {
+                Some(batch) => return Some(Pending { class, batch }),
+                None => {
+                    tracing::warn!(seq = raw.seq, "undecodable spool record skipped");
+                    self.skip_corrupt(class, raw.seq);
+                }
+            }
+        }
+    }
+
+    /// Like [`Spool::next_unsent`], but the record's body as it is on disk (its checksum
+    /// verified, not decoded): the shipper sends its events without decoding and re-encoding
+    /// them (see `ship::publish_frame`).
+    pub fn next_unsent_raw(&mut self, class: Class) -> Option<RawPending> {
+        loop {
             let lane = &mut self.lanes[class as usize];
             let segment = lane
                 .segments
@@ -271,17 +296,28 @@ impl Spool {
                 .find(|s| s.sent < s.records.len())?;
             let meta = segment.records[segment.sent];
             segment.sent += 1;
-            match read_record(segment, &meta) {
-                Some(batch) => return Some(Pending { class, batch }),
+            match read_body(segment, &meta) {
+                Some(body) => {
+                    return Some(RawPending {
+                        class,
+                        seq: meta.seq,
+                        body,
+                    })
+                }
                 None => {
                     tracing::warn!(seq = meta.seq, path = %segment.path.display(), "unreadable spool record skipped");
-                    self.loss.corrupt_records += 1;
-                    self.ack(class, meta.seq);
-                    if let Err(e) = self.write_state() {
-                        tracing::warn!(error = %e, "cannot persist spool loss totals");
-                    }
+                    self.skip_corrupt(class, meta.seq);
                 }
             }
+        }
+    }
+
+    /// Counts a handed-out record that turned out unreadable as corrupt and forgets it.
+    pub fn skip_corrupt(&mut self, class: Class, seq: u64) {
+        self.loss.corrupt_records += 1;
+        self.ack(class, seq);
+        if let Err(e) = self.write_state() {
+            tracing::warn!(error = %e, "cannot persist spool loss totals");
         }
     }
 
@@ -341,18 +377,38 @@ impl Spool {
 
     /// Flushes appended records to the disk (`fsync: batch` calls this on a timer).
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        for (path, file) in self.unsynced_files()? {
+            file.sync_data().map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
+    /// With `fsync: batch`: appended records have waited [`BATCH_SYNC_INTERVAL`] for a flush.
+    pub fn sync_due(&self) -> bool {
+        self.fsync == Fsync::Batch
+            && self.unsynced
+            && self.last_sync.elapsed() >= BATCH_SYNC_INTERVAL
+    }
+
+    /// The files a flush must reach, as handles of their own, so that the caller can flush
+    /// them without holding the spool: an fsync took tens of milliseconds here under load, and
+    /// both lanes need the spool between batches (an alert waited behind it). The records are
+    /// counted as flushed; the caller reports a flush that fails.
+    pub fn unsynced_files(&mut self) -> Result<Vec<(PathBuf, File)>, SpoolError> {
         self.last_sync = Instant::now();
         if !std::mem::take(&mut self.unsynced) || self.fsync == Fsync::Never {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut files = Vec::new();
         for lane in &mut self.lanes {
             if let Some(segment) = lane.segments.back().filter(|_| lane.writing) {
                 if let Some(file) = &segment.file {
-                    file.sync_data().map_err(io(&segment.path))?;
+                    let own = file.try_clone().map_err(io(&segment.path))?;
+                    files.push((segment.path.clone(), own));
                 }
             }
         }
-        Ok(())
+        Ok(files)
     }
 
     fn take_seq(&mut self) -> Result<u64, SpoolError> {
@@ -512,7 +568,9 @@ fn open_segment(segment: &mut Segment) -> Result<&mut File, SpoolError> {
     }
 }
 
-fn read_record(segment: &mut Segment, meta: &RecordMeta) -> Option<Batch> {
+/// The body of the record `meta` describes, if it is whole, its checksum holds and it carries
+/// the expected sequence number.
+fn read_body(segment: &mut Segment, meta: &RecordMeta) -> Option<Vec<u8>> {
     let path = segment.path.clone();
     let file = open_segment(segment).ok()?;
     let mut buf = vec![0u8; meta.len() as usize];
@@ -524,8 +582,16 @@ fn read_record(segment: &mut Segment, meta: &RecordMeta) -> Option<Batch> {
     if found.seq != meta.seq {
         return None;
     }
+    let body_len = body.len();
+    // The body is the tail of the record: drop the header in place rather than copy.
+    buf.drain(..buf.len() - body_len);
+    Some(buf)
+}
+
+/// A record body as a batch; `None` if it does not decode.
+pub fn decode_body(body: &[u8], seq: u64) -> Option<Batch> {
     let mut batch: Batch = vigil_proto::decode(body).ok()?;
-    batch.seq = meta.seq;
+    batch.seq = seq;
     Some(batch)
 }
 
