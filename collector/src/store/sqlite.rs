@@ -819,7 +819,7 @@ fn insert_events(
     received_ns: i64,
 ) -> Result<(), rusqlite::Error> {
     let mut chunks = events.chunks_exact(EVENTS_PER_INSERT);
-    if chunks.len() > 0 {
+    if events.len() >= EVENTS_PER_INSERT {
         let mut insert = tx.prepare_cached(multi_row_insert_sql())?;
         for chunk in &mut chunks {
             insert.raw_bind_parameter(1, sensor)?;
