@@ -224,6 +224,65 @@ async fn storage_suite(target: StoreTarget) {
     within("the store to close", closer.close()).await;
 }
 
+/// Many batches at once, as from a fleet: SQLite stores whatever queued during a commit in one
+/// transaction (group commit), PostgreSQL in concurrent transactions. Either way every batch is
+/// answered only once stored, a (sensor, seq) sent twice in the same burst is stored once, and
+/// the feed carries every acked alert, in increasing id order.
+async fn concurrent_batches(target: StoreTarget) {
+    let (store, closer, mut feed) = open(&target).await;
+    let sensors = 4;
+    let per_sensor = 12u64;
+    let publishes = (0..sensors).flat_map(|s| {
+        let store = store.clone();
+        (1..=per_sensor).flat_map(move |seq| {
+            let sensor = format!("burst-{s}");
+            // Every third batch is sent twice in the same burst, as after a lost ack.
+            let copies = if seq % 3 == 0 { 2 } else { 1 };
+            let store = store.clone();
+            (0..copies).map(move |_| {
+                let (store, sensor) = (store.clone(), sensor.clone());
+                async move {
+                    let outcome = store
+                        .publish(sensor.clone(), batch(seq, &format!("m-{sensor}-{seq}"), 1))
+                        .await
+                        .unwrap_or_else(|e| panic!("publish {sensor} {seq}: {e}"));
+                    (sensor, seq, outcome)
+                }
+            })
+        })
+    });
+    let outcomes = within("a burst of batches", futures::future::join_all(publishes)).await;
+
+    let mut stored = std::collections::BTreeMap::new();
+    let mut acked_alerts = Vec::new();
+    for (sensor, seq, outcome) in outcomes {
+        if let Published::Stored { alerts } = outcome {
+            assert_eq!(alerts.len(), 1, "{sensor} {seq}");
+            assert!(
+                stored.insert((sensor.clone(), seq), ()).is_none(),
+                "{sensor} {seq} stored twice"
+            );
+            acked_alerts.extend(alerts);
+        }
+    }
+    let batches = sensors as usize * per_sensor as usize;
+    assert_eq!(stored.len(), batches, "every (sensor, seq) stored once");
+    assert_eq!(all_events(&store).await.len(), 2 * batches);
+    let mut from_feed = Vec::new();
+    for _ in 0..batches {
+        from_feed.push(fed(&mut feed).await);
+    }
+    assert!(
+        from_feed.windows(2).all(|w| w[0].id < w[1].id),
+        "the feed is out of order: {:?}",
+        from_feed.iter().map(|a| a.id).collect::<Vec<_>>()
+    );
+    acked_alerts.sort_by_key(|a| a.id);
+    assert_eq!(from_feed, acked_alerts);
+    drop(store);
+    within("the store to close", closer.close()).await;
+}
+
 fn at(t: Timestamp, secs: u64) -> Timestamp {
     Timestamp(t.unix_nanos() + secs * 1_000_000_000)
 }
@@ -300,6 +359,7 @@ async fn health_checks(store: &Store) {
 async fn sqlite_passes_the_storage_suite() {
     let dir = tempfile::tempdir().expect("temp dir");
     storage_suite(StoreTarget::Sqlite(dir.path().join("collector.db"))).await;
+    concurrent_batches(StoreTarget::Sqlite(dir.path().join("burst.db"))).await;
 }
 
 #[tokio::test]
@@ -309,6 +369,7 @@ async fn postgres_passes_the_storage_suite() {
     };
     let url = server.database().await;
     storage_suite(StoreTarget::Postgres(url)).await;
+    concurrent_batches(StoreTarget::Postgres(server.database().await)).await;
 }
 
 #[tokio::test]

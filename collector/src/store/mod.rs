@@ -24,7 +24,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 pub use vigil_proto::StoredEvent;
-use vigil_proto::{Batch, SensorInfo, SensorStatus, StoredAlert, Timestamp};
+use vigil_proto::{Alert, Batch, Loss, SensorInfo, SensorStatus, StoredAlert, Timestamp};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -150,6 +150,63 @@ impl SensorRow {
             last_seen: from_sql_ns(last_seen_ns),
             events_per_sec,
             silent: silent != 0,
+        })
+    }
+}
+
+/// A batch turned into the rows both engines write: each event and alert encoded to JSON once,
+/// by the connection that received it, so the single SQLite writer (or the PostgreSQL
+/// transaction) only inserts.
+pub(crate) struct EncodedBatch {
+    pub seq: u64,
+    pub loss: Loss,
+    pub events: Vec<EventRow>,
+    pub alerts: Vec<AlertRow>,
+}
+
+/// An event as stored: the columns it is found by, and its JSON.
+pub(crate) struct EventRow {
+    pub ts_ns: i64,
+    pub action: &'static str,
+    pub json: String,
+}
+
+/// An alert and its JSON.
+pub(crate) struct AlertRow {
+    pub alert: Alert,
+    pub json: String,
+}
+
+impl EncodedBatch {
+    pub fn encode(batch: Batch) -> Result<Self, StoreError> {
+        let Batch {
+            seq,
+            events,
+            alerts,
+            loss,
+        } = batch;
+        let events = events
+            .iter()
+            .map(|event| {
+                Ok(EventRow {
+                    ts_ns: to_sql_ns(event.timestamp),
+                    action: event.event.action.as_str(),
+                    json: serde_json::to_string(event).map_err(StoreError::Encode)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let alerts = alerts
+            .into_iter()
+            .map(|alert| {
+                let json = serde_json::to_string(&alert).map_err(StoreError::Encode)?;
+                Ok(AlertRow { alert, json })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Self {
+            seq,
+            loss,
+            events,
+            alerts,
         })
     }
 }

@@ -24,8 +24,9 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use vigil_proto::{Alert, Batch, Event, Loss, SensorInfo, SensorStatus, StoredAlert, Timestamp};
 
 use super::{
-    cutoff_ns, from_sql_ns, new_drops, silent_after_ns, to_sql_ns, PostgresUrl, Published,
-    Retention, SensorRow, Storage, StoreError, StoreFuture, StoredEvent,
+    cutoff_ns, from_sql_ns, new_drops, silent_after_ns, to_sql_ns, AlertRow, EncodedBatch,
+    EventRow, PostgresUrl, Published, Retention, SensorRow, Storage, StoreError, StoreFuture,
+    StoredEvent,
 };
 
 /// Connections each collector keeps for ingest and queries; a transaction holds one.
@@ -273,29 +274,30 @@ impl PgStore {
 
     async fn publish_batch(&self, sensor: String, batch: Batch) -> Result<Published, StoreError> {
         let err = self.error();
-        let Batch {
+        let EncodedBatch {
             seq,
+            loss,
             events,
             alerts,
-            loss,
-        } = batch;
+        } = EncodedBatch::encode(batch)?;
         let received = Timestamp::now();
         let received_ns = to_sql_ns(received);
         let mut event_ts = Vec::with_capacity(events.len());
         let mut event_action = Vec::with_capacity(events.len());
         let mut event_json = Vec::with_capacity(events.len());
-        for event in &events {
-            event_ts.push(to_sql_ns(event.timestamp));
-            event_action.push(event.event.action.as_str());
-            event_json.push(serde_json::to_string(event).map_err(StoreError::Encode)?);
-        }
-        let mut alert_json = Vec::with_capacity(alerts.len());
-        for alert in &alerts {
-            alert_json.push(serde_json::to_string(alert).map_err(StoreError::Encode)?);
+        for EventRow {
+            ts_ns,
+            action,
+            json,
+        } in events
+        {
+            event_ts.push(ts_ns);
+            event_action.push(action);
+            event_json.push(json);
         }
 
         let mut client = self.client().await?;
-        if !events.is_empty() {
+        if !event_json.is_empty() {
             self.ensure_partition(&mut client, received_ns / DAY_NS)
                 .await?;
         }
@@ -321,7 +323,7 @@ impl PgStore {
             tx.commit().await.map_err(&err)?;
             return Ok(Published::Duplicate);
         }
-        if !events.is_empty() {
+        if !event_json.is_empty() {
             // One statement for the whole batch: arrays in, one round trip.
             tx.execute(
                 "INSERT INTO events (sensor, received_ns, ts_ns, action, json)
@@ -344,7 +346,7 @@ impl PgStore {
                 )
                 .await
                 .map_err(&err)?;
-            for (alert, json) in alerts.into_iter().zip(&alert_json) {
+            for AlertRow { alert, json } in alerts {
                 let id: i64 = tx
                     .query_one(
                         &insert,
@@ -354,7 +356,7 @@ impl PgStore {
                             &alert.rule.id,
                             &alert.rule.level.as_str(),
                             &alert.rule.title,
-                            json,
+                            &json,
                         ],
                     )
                     .await

@@ -1,6 +1,12 @@
-//! SQLite storage, the default engine. One writer thread owns the only writing connection and commits each batch in
-//! its own transaction; readers open their own read-only connections on blocking threads (WAL
-//! lets them run beside the writer). Nothing here ever blocks the async runtime.
+//! SQLite storage, the default engine. One writer thread owns the only writing connection;
+//! readers open their own read-only connections on blocking threads (WAL lets them run beside
+//! the writer). Nothing here ever blocks the async runtime.
+//!
+//! Group commit: every commit waits for an fsync (`synchronous = FULL`, what an ack promises),
+//! which costs this machine's disk a few milliseconds whatever the size of the write. So the
+//! writer stores all the batches that queued up while the previous commit was syncing in one
+//! transaction, and answers each of them only after that transaction is committed. One batch at
+//! a time still commits alone, at once; several sensors (or lanes) share each fsync.
 //!
 //! The writer is also where new alerts enter the fan-out: it broadcasts a batch's alerts right
 //! after the commit, in commit order, so subscribers see ids in increasing order and never an
@@ -16,8 +22,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use vigil_proto::{Alert, Batch, Event, Loss, SensorInfo, SensorStatus, StoredAlert, Timestamp};
 
 use super::{
-    cutoff_ns, from_sql_ns, new_drops, silent_after_ns, to_sql_ns, Published, Retention, SensorRow,
-    Storage, StoreError, StoreFuture, StoredEvent,
+    cutoff_ns, from_sql_ns, new_drops, silent_after_ns, to_sql_ns, EncodedBatch, EventRow,
+    Published, Retention, SensorRow, Storage, StoreError, StoreFuture, StoredEvent,
 };
 
 /// The columns [`SensorRow`] is read from, in its order.
@@ -27,6 +33,18 @@ const SENSOR_COLUMNS: &str =
 /// Batches waiting for the writer. Ingest waits for room, so a slow disk slows sensors down
 /// (they keep spooling) instead of growing memory here.
 const WRITE_QUEUE: usize = 64;
+
+/// Rows one group commit gathers at most before it commits: bounds how long the first batch of
+/// a group waits for the rest (a few milliseconds of inserts) and the transaction's size.
+const GROUP_ROWS: usize = 4_096;
+
+/// Events inserted per `INSERT` statement: one statement step per row costs more than the row.
+/// 3 parameters a row, well under SQLite's limit of 32 766.
+const EVENTS_PER_INSERT: usize = 64;
+
+/// The writer's page cache, in KiB (negative `cache_size`): the indexes' hot pages stay in
+/// memory across commits instead of being read back from the OS.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 /// Rows deleted per retention transaction: small enough that a batch waiting behind it is
 /// stored within milliseconds.
@@ -93,11 +111,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// Work for the writer thread, done in arrival order.
 enum WriteRequest {
-    Publish {
-        sensor: String,
-        batch: Batch,
-        reply: oneshot::Sender<Result<Published, StoreError>>,
-    },
+    Publish(PendingBatch),
     /// Deletes up to [`PRUNE_CHUNK`] rows of `table` received before `cutoff_ns`; replies with
     /// how many went.
     Prune {
@@ -107,6 +121,19 @@ enum WriteRequest {
     },
     /// Any other write, run on the writer's connection between batches.
     Job(WriteJob),
+}
+
+/// A batch waiting for its group's commit.
+struct PendingBatch {
+    sensor: String,
+    batch: EncodedBatch,
+    reply: oneshot::Sender<Result<Published, StoreError>>,
+}
+
+impl PendingBatch {
+    fn rows(&self) -> usize {
+        self.batch.events.len() + self.batch.alerts.len() + 1
+    }
 }
 
 /// A write the writer thread runs for someone else; it sends its own answer.
@@ -185,6 +212,8 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sqlite)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(sqlite)?;
         migrate(&mut conn, path)?;
 
         let path: Arc<Path> = Arc::from(path);
@@ -198,13 +227,15 @@ impl SqliteStore {
     }
 
     async fn publish_batch(&self, sensor: String, batch: Batch) -> Result<Published, StoreError> {
+        // Encoded here, on the connection's task, so that the one writer thread only inserts.
+        let batch = EncodedBatch::encode(batch)?;
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(WriteRequest::Publish {
+            .send(WriteRequest::Publish(PendingBatch {
                 sensor,
                 batch,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
@@ -591,28 +622,36 @@ fn write_loop(
     mut queue: mpsc::Receiver<WriteRequest>,
     alerts: broadcast::Sender<StoredAlert>,
 ) {
-    while let Some(request) = queue.blocking_recv() {
+    // A request taken off the queue while gathering a group, to run right after it.
+    let mut next = None;
+    loop {
+        let request = match next.take() {
+            Some(request) => request,
+            None => match queue.blocking_recv() {
+                Some(request) => request,
+                None => break,
+            },
+        };
         match request {
-            WriteRequest::Publish {
-                sensor,
-                batch,
-                reply,
-            } => {
-                let result = store_batch(&mut conn, path, &sensor, batch).map(|stored| {
-                    match stored {
-                        None => Published::Duplicate,
-                        Some(stored) => {
-                            for alert in &stored {
-                                // No subscriber is not an error: the alert is stored either way.
-                                let _ = alerts.send(alert.clone());
-                            }
-                            Published::Stored { alerts: stored }
+            WriteRequest::Publish(first) => {
+                let mut rows = first.rows();
+                let mut group = vec![first];
+                // Whatever queued meanwhile shares this commit; arrival order is kept, so
+                // alert ids still follow the order batches reached the writer.
+                while rows < GROUP_ROWS {
+                    match queue.try_recv() {
+                        Ok(WriteRequest::Publish(pending)) => {
+                            rows += pending.rows();
+                            group.push(pending);
                         }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
                     }
-                });
-                // The publisher may have gone (connection lost); the batch is committed
-                // regardless and its resend will be acked as a duplicate.
-                let _ = reply.send(result);
+                }
+                commit_group(&mut conn, path, group, &alerts);
             }
             WriteRequest::Job(job) => job(&mut conn, path),
             WriteRequest::Prune {
@@ -633,102 +672,209 @@ fn write_loop(
     }
 }
 
-/// Stores one batch in one transaction; `None` when (sensor, seq) was stored before.
-fn store_batch(
+/// Stores `group` in one transaction, then answers each batch and broadcasts the alerts, in
+/// order. If the transaction fails, each batch is retried in a transaction of its own, so each
+/// gets its own answer (and one bad batch cannot fail the others).
+fn commit_group(
     conn: &mut Connection,
     path: &Path,
-    sensor: &str,
-    batch: Batch,
-) -> Result<Option<Vec<StoredAlert>>, StoreError> {
+    group: Vec<PendingBatch>,
+    alerts: &broadcast::Sender<StoredAlert>,
+) {
+    let received = Timestamp::now();
+    let outcomes = match store_group(conn, path, &group, received) {
+        Ok(outcomes) => outcomes,
+        Err(e) if group.len() == 1 => {
+            if let Some(pending) = group.into_iter().next() {
+                let _ = pending.reply.send(Err(e));
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(
+                batches = group.len(),
+                "a group commit failed ({e}); storing its batches one by one"
+            );
+            for pending in group {
+                commit_group(conn, path, vec![pending], alerts);
+            }
+            return;
+        }
+    };
+    for (pending, alert_ids) in group.into_iter().zip(outcomes) {
+        let PendingBatch {
+            sensor,
+            batch,
+            reply,
+        } = pending;
+        let published = match alert_ids {
+            None => Published::Duplicate,
+            Some(ids) => {
+                let stored: Vec<StoredAlert> = batch
+                    .alerts
+                    .into_iter()
+                    .zip(ids)
+                    .map(|(row, id)| StoredAlert {
+                        id,
+                        sensor: sensor.clone(),
+                        received,
+                        alert: row.alert,
+                    })
+                    .collect();
+                for alert in &stored {
+                    // No subscriber is not an error: the alert is stored either way.
+                    let _ = alerts.send(alert.clone());
+                }
+                Published::Stored { alerts: stored }
+            }
+        };
+        // The publisher may have gone (connection lost); the batch is committed regardless
+        // and its resend will be acked as a duplicate.
+        let _ = reply.send(Ok(published));
+    }
+}
+
+/// Stores every batch of `group` in one transaction; for each, the ids its alerts got, or
+/// `None` when its (sensor, seq) was stored before (or earlier in the group).
+fn store_group(
+    conn: &mut Connection,
+    path: &Path,
+    group: &[PendingBatch],
+    received: Timestamp,
+) -> Result<Vec<Option<Vec<i64>>>, StoreError> {
     let sqlite = |source| StoreError::Sqlite {
         path: path.to_owned(),
         source,
     };
-    let Batch {
-        seq,
-        events,
-        alerts,
-        loss,
-    } = batch;
-    let received = Timestamp::now();
+    let received_ns = to_sql_ns(received);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite)?;
-    // Before the duplicate check: a resent batch may carry newer totals, and taking the
-    // maximum makes recording them idempotent.
-    if loss != Loss::default() {
-        record_loss(&tx, sensor, loss, received).map_err(sqlite)?;
-    }
-    // Bit-preserving: only equality of sequence numbers matters here.
-    let seq_sql = seq as i64;
-    let inserted = tx
-        .execute(
-            "INSERT OR IGNORE INTO batches (sensor, seq, received_ns) VALUES (?1, ?2, ?3)",
-            params![sensor, seq_sql, to_sql_ns(received)],
-        )
-        .map_err(sqlite)?;
-    if inserted == 0 {
-        // Commit anyway: the loss totals recorded above are news even on a duplicate.
-        tx.commit().map_err(sqlite)?;
-        return Ok(None);
-    }
-    {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO events (sensor, ts_ns, action, json, received_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(sqlite)?;
-        for event in &events {
-            let json = serde_json::to_string(event).map_err(StoreError::Encode)?;
-            insert
-                .execute(params![
-                    sensor,
-                    to_sql_ns(event.timestamp),
-                    event.event.action.as_str(),
-                    json,
-                    to_sql_ns(received)
-                ])
-                .map_err(sqlite)?;
-        }
-    }
-    let mut stored = Vec::with_capacity(alerts.len());
-    {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO alerts (sensor, received_ns, rule_id, level, title, json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(sqlite)?;
-        for alert in alerts {
-            let json = serde_json::to_string(&alert).map_err(StoreError::Encode)?;
-            insert
-                .execute(params![
-                    sensor,
-                    to_sql_ns(received),
-                    alert.rule.id,
-                    alert.rule.level.as_str(),
-                    alert.rule.title,
-                    json
-                ])
-                .map_err(sqlite)?;
-            stored.push(StoredAlert {
-                id: tx.last_insert_rowid(),
-                sensor: sensor.to_owned(),
-                received,
-                alert,
-            });
-        }
+    let mut outcomes = Vec::with_capacity(group.len());
+    for pending in group {
+        outcomes
+            .push(store_batch(&tx, &pending.sensor, &pending.batch, received_ns).map_err(sqlite)?);
     }
     tx.commit().map_err(sqlite)?;
-    Ok(Some(stored))
+    Ok(outcomes)
+}
+
+/// Writes one batch inside `tx`; `None` when (sensor, seq) was stored before.
+fn store_batch(
+    tx: &rusqlite::Transaction<'_>,
+    sensor: &str,
+    batch: &EncodedBatch,
+    received_ns: i64,
+) -> Result<Option<Vec<i64>>, rusqlite::Error> {
+    let EncodedBatch {
+        seq,
+        loss,
+        events,
+        alerts,
+    } = batch;
+    // Before the duplicate check: a resent batch may carry newer totals, and taking the
+    // maximum makes recording them idempotent (committed even for a duplicate).
+    if *loss != Loss::default() {
+        record_loss(tx, sensor, *loss, received_ns)?;
+    }
+    // Bit-preserving: only equality of sequence numbers matters here.
+    let seq_sql = *seq as i64;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO batches (sensor, seq, received_ns) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![sensor, seq_sql, received_ns])?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    insert_events(tx, sensor, events, received_ns)?;
+    let mut ids = Vec::with_capacity(alerts.len());
+    if !alerts.is_empty() {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO alerts (sensor, received_ns, rule_id, level, title, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for row in alerts {
+            let rule = &row.alert.rule;
+            insert.execute(params![
+                sensor,
+                received_ns,
+                rule.id,
+                rule.level.as_str(),
+                rule.title,
+                row.json
+            ])?;
+            ids.push(tx.last_insert_rowid());
+        }
+    }
+    Ok(Some(ids))
+}
+
+/// Inserts `events`, [`EVENTS_PER_INSERT`] rows per statement (the rest one by one, so only
+/// two statements are ever cached).
+fn insert_events(
+    tx: &rusqlite::Transaction<'_>,
+    sensor: &str,
+    events: &[EventRow],
+    received_ns: i64,
+) -> Result<(), rusqlite::Error> {
+    let mut chunks = events.chunks_exact(EVENTS_PER_INSERT);
+    if events.len() >= EVENTS_PER_INSERT {
+        let mut insert = tx.prepare_cached(multi_row_insert_sql())?;
+        for chunk in &mut chunks {
+            insert.raw_bind_parameter(1, sensor)?;
+            insert.raw_bind_parameter(2, received_ns)?;
+            for (i, event) in chunk.iter().enumerate() {
+                let first = 3 + 3 * i;
+                insert.raw_bind_parameter(first, event.ts_ns)?;
+                insert.raw_bind_parameter(first + 1, event.action)?;
+                insert.raw_bind_parameter(first + 2, event.json.as_str())?;
+            }
+            insert.raw_execute()?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (sensor, received_ns, ts_ns, action, json)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for event in rest {
+            insert.execute(params![
+                sensor,
+                received_ns,
+                event.ts_ns,
+                event.action,
+                event.json
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// `INSERT INTO events ... VALUES (?1, ?2, ?3, ?4, ?5), (?1, ?2, ?6, ?7, ?8), ...` for
+/// [`EVENTS_PER_INSERT`] rows: the sensor and arrival time bound once, three values per row.
+fn multi_row_insert_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let rows: Vec<String> = (0..EVENTS_PER_INSERT)
+            .map(|i| {
+                let first = 3 + 3 * i;
+                format!("(?1, ?2, ?{}, ?{}, ?{})", first, first + 1, first + 2)
+            })
+            .collect();
+        format!(
+            "INSERT INTO events (sensor, received_ns, ts_ns, action, json) VALUES {}",
+            rows.join(", ")
+        )
+    })
 }
 
 fn record_loss(
     tx: &rusqlite::Transaction<'_>,
     sensor: &str,
     loss: Loss,
-    received: Timestamp,
+    received_ns: i64,
 ) -> Result<(), rusqlite::Error> {
     let Loss {
         events_dropped,
@@ -750,7 +896,7 @@ fn record_loss(
         clamp(events_dropped),
         clamp(alerts_dropped),
         clamp(corrupt_records),
-        to_sql_ns(received)
+        received_ns
     ])?;
     Ok(())
 }
