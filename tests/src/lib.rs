@@ -58,7 +58,17 @@ pub fn scaled(d: Duration) -> Duration {
 
 /// Polls `check` every 20 ms until it returns `Some` or `timeout` (scaled by [`time_scale`])
 /// passes.
-pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll_until<T>(timeout: Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(Duration::from_millis(20), timeout, check)
+}
+
+/// Like [`poll_until`], every `interval`: for checks that run a command or cost more than a
+/// file lookup.
+pub fn poll_every<T>(
+    interval: Duration,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + scaled(timeout);
     loop {
         if let Some(value) = check() {
@@ -67,8 +77,20 @@ pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
         if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(interval);
     }
+}
+
+/// The .deb packages `cargo xtask test` built for this run (`VIGIL_DEB_DIR`).
+pub fn deb_dir() -> PathBuf {
+    let dir = std::env::var_os("VIGIL_DEB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    assert!(
+        dir.is_dir(),
+        "VIGIL_DEB_DIR is not set to the built packages: run the tests with `cargo xtask test`"
+    );
+    dir
 }
 
 /// A unique token for argv, so that no other activity on the host can match a test's filter.

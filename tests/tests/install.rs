@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vigil_tests::{marker, require_root, scaled};
+use vigil_tests::{deb_dir, marker, poll_every, require_root, scaled};
 
 const SECTION: &str = "## Installing on Debian or Ubuntu";
 /// The README's build step, run on the build machine by `cargo xtask test` before this test.
@@ -98,17 +98,6 @@ fn scratch_root() -> Option<PathBuf> {
          (or set it to the path `cargo xtask scratch-root` prints)"
     );
     Some(root)
-}
-
-fn deb_dir() -> PathBuf {
-    let dir = std::env::var_os("VIGIL_DEB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    assert!(
-        dir.is_dir(),
-        "VIGIL_DEB_DIR is not set to the built packages: run the tests with `cargo xtask test`"
-    );
-    dir
 }
 
 fn text(out: &Output) -> String {
@@ -235,7 +224,11 @@ impl Machine {
         // `is-system-running --wait` needs systemd's private bus socket, made early in boot.
         let leader = self.leader.expect("container booted");
         let marker = PathBuf::from(format!("/proc/{leader}/root/run/systemd/private"));
-        if poll(Duration::from_secs(30), || marker.exists().then_some(())).is_none() {
+        if poll_every(Duration::from_secs(1), Duration::from_secs(30), || {
+            marker.exists().then_some(())
+        })
+        .is_none()
+        {
             panic!("the container's systemd never started:\n{}", self.console());
         }
         let out = self.nsenter(&["timeout", "120", "systemctl", "is-system-running", "--wait"]);
@@ -342,20 +335,6 @@ impl Drop for Machine {
     }
 }
 
-/// Polls `check` once a second until it returns `Some` or `timeout` passes.
-fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + scaled(timeout);
-    loop {
-        if let Some(value) = check() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 #[test]
 fn the_readme_install_section_followed_word_for_word_in_a_debian_root_works() {
     require_root();
@@ -403,7 +382,7 @@ fn the_readme_install_section_followed_word_for_word_in_a_debian_root_works() {
                  --key /etc/vigil/certs/install-test-key.pem";
 
     // The sensor is connected: the collector lists it from its status report.
-    let sensors = poll(Duration::from_secs(60), || {
+    let sensors = poll_every(Duration::from_secs(1), Duration::from_secs(60), || {
         let out = machine.sh(&format!("{vigil} sensors -o json"), 30);
         let listed = String::from_utf8_lossy(&out.stdout).into_owned();
         listed
@@ -427,7 +406,7 @@ fn the_readme_install_section_followed_word_for_word_in_a_debian_root_works() {
         30,
     );
     assert!(out.status.success(), "cat /etc/shadow: {}", text(&out));
-    let alert = poll(Duration::from_secs(60), || {
+    let alert = poll_every(Duration::from_secs(1), Duration::from_secs(60), || {
         let out = machine.sh(&format!("{vigil} alerts --since 10m -o json"), 30);
         String::from_utf8_lossy(&out.stdout)
             .lines()

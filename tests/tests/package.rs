@@ -5,20 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use vigil_tests::deb_dir;
+
 /// Exposure budgets from `systemd-analyze security` (0 = locked down, 10 = fully exposed).
 const SENSOR_EXPOSURE_MAX: f64 = 4.0;
 const COLLECTOR_EXPOSURE_MAX: f64 = 2.5;
-
-fn deb_dir() -> PathBuf {
-    let dir = std::env::var_os("VIGIL_DEB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    assert!(
-        dir.is_dir(),
-        "VIGIL_DEB_DIR is not set to the built packages: run the tests with `cargo xtask test`"
-    );
-    dir
-}
 
 fn deb(name: &str) -> PathBuf {
     let dir = deb_dir();
