@@ -11,14 +11,15 @@
 //!    metrics through promtool, the web console in Debian's headless chromium driven by
 //!    Playwright. They
 //!    need root; without it they are reported as skipped, loudly, never as passed.
-//! 5. the kernel tier again inside Debian's 6.1 kernel under QEMU (`cargo xtask vm-test`).
+//! 5. the kernel tier again inside Debian's 6.1 kernel under QEMU (`cargo xtask vm-test`);
+//! 6. `cargo xtask bench --quick` (root): fails only if the benchmark itself breaks.
 
 use std::process::Command;
 
 use anyhow::Context;
 
 use crate::build::{self, cargo, exec, workspace_root};
-use crate::{audit, fuzz, package, scratch_root, tools, vm};
+use crate::{audit, bench, fuzz, package, scratch_root, tools, vm};
 
 /// Seconds each fuzz target runs in the test suite: enough to replay the corpus and catch a
 /// regression on it, not a fuzzing campaign.
@@ -139,6 +140,17 @@ pub fn run() -> anyhow::Result<()> {
     // where QEMU or the kernel package cannot be had.
     eprintln!("xtask: tier VM (at {:.0?})", started.elapsed());
     vm::run()?;
+    // The benchmark's short version, so that a change that breaks it fails here; its figures
+    // are printed, never asserted (these machines are too noisy for timing gates).
+    if nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "xtask: tier bench --quick: release build, then every series once (at {:.0?})",
+            started.elapsed()
+        );
+        bench::run(true, &[])?;
+    } else {
+        eprintln!("xtask: SKIPPED tier bench --quick: the sensor needs root");
+    }
     eprintln!("xtask: all tiers passed in {:.0?}", started.elapsed());
     Ok(())
 }
