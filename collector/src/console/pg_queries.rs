@@ -7,9 +7,9 @@ use tokio_postgres::Row;
 use vigil_proto::{Alert, Event, Level, StoredAlert, Timestamp};
 
 use super::queries::{
-    alert_window, buckets_of, like_escape, newest_in_window, ns, page_of, process_tree, rule_hit,
-    with_alert_event, AlertDetail, AlertFilter, AlertPage, Ancestry, CountBucket, Cursor, RuleHits,
-    StoredEvent, ANCESTRY_LOOKBACK, MAX_RULES_LISTED, MAX_WINDOW_EVENTS,
+    alert_window, buckets_of, duration_ns, like_escape, newest_in_window, ns, page_of, rule_hit,
+    AlertDetail, AlertFilter, AlertPage, Ancestry, CountBucket, Cursor, RuleHits, StoredEvent,
+    ANCESTRY_LOOKBACK, MAX_RULES_LISTED, MAX_WINDOW_EVENTS,
 };
 use crate::store::{PgStore, StoreError};
 
@@ -222,10 +222,11 @@ pub(super) async fn alert_detail(
             });
         }
     }
-    let read_all = window.len() < MAX_WINDOW_EVENTS as usize;
-    let lookback_from = ns(Timestamp(window_from.unix_nanos().saturating_sub(
-        u64::try_from(ANCESTRY_LOOKBACK.as_nanos()).unwrap_or(u64::MAX),
-    )));
+    let lookback_from = ns(Timestamp(
+        window_from
+            .unix_nanos()
+            .saturating_sub(duration_ns(ANCESTRY_LOOKBACK)),
+    ));
     let newest = newest_in_window(&window);
     let mut walk = Ancestry::new(&alert.alert.event.process);
     while let Some(wanted) = walk.next_wanted() {
@@ -261,17 +262,12 @@ pub(super) async fn alert_detail(
         walk.found(&wanted, found);
     }
     let ancestry = walk.into_chain();
-    let (tree, mut events, tree_complete) = process_tree(&alert.alert.event.process, window);
-    with_alert_event(&mut events, &alert.alert.event);
-    Ok(Some(AlertDetail {
+    Ok(Some(AlertDetail::assemble(
         alert,
         ancestry,
-        tree,
-        events,
-        window_from,
-        window_to,
-        truncated: !(read_all && tree_complete),
-    }))
+        window,
+        (window_from, window_to),
+    )))
 }
 
 pub(super) async fn counts(

@@ -152,6 +152,31 @@ pub(super) struct AlertDetail {
     pub truncated: bool,
 }
 
+impl AlertDetail {
+    /// What both engines answer once they have read the alert's window (at most
+    /// [`MAX_WINDOW_EVENTS`], oldest first) and walked its ancestry: the process tree and its
+    /// events from the window, the alert's own event among them.
+    pub(super) fn assemble(
+        alert: StoredAlert,
+        ancestry: Vec<ProcessNode>,
+        window: Vec<StoredEvent>,
+        (window_from, window_to): (Timestamp, Timestamp),
+    ) -> Self {
+        let read_all = window.len() < MAX_WINDOW_EVENTS as usize;
+        let (tree, mut events, tree_complete) = process_tree(&alert.alert.event.process, window);
+        with_alert_event(&mut events, &alert.alert.event);
+        AlertDetail {
+            alert,
+            ancestry,
+            tree,
+            events,
+            window_from,
+            window_to,
+            truncated: !(read_all && tree_complete),
+        }
+    }
+}
+
 /// Alerts per time bucket, by level.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub(super) struct CountBucket {

@@ -9,10 +9,9 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use vigil_proto::{Alert, Event, Level, StoredAlert, Timestamp};
 
 use super::queries::{
-    alert_window, buckets_of, duration_ns, like_escape, newest_in_window, ns, page_of,
-    process_tree, rule_hit, with_alert_event, AlertDetail, AlertFilter, AlertPage, Ancestry,
-    CountBucket, Cursor, ProcessNode, RuleHits, StoredEvent, ANCESTRY_LOOKBACK, MAX_RULES_LISTED,
-    MAX_WINDOW_EVENTS,
+    alert_window, buckets_of, duration_ns, like_escape, newest_in_window, ns, page_of, rule_hit,
+    AlertDetail, AlertFilter, AlertPage, Ancestry, CountBucket, Cursor, ProcessNode, RuleHits,
+    StoredEvent, ANCESTRY_LOOKBACK, MAX_RULES_LISTED, MAX_WINDOW_EVENTS,
 };
 use crate::store::StoreError;
 
@@ -201,24 +200,18 @@ pub(super) fn alert_detail(
             });
         }
     }
-    let read_all = window.len() < MAX_WINDOW_EVENTS as usize;
     let lookback_from = Timestamp(
         window_from
             .unix_nanos()
             .saturating_sub(duration_ns(ANCESTRY_LOOKBACK)),
     );
     let ancestry = ancestry(conn, path, &alert, &window, (lookback_from, window_to))?;
-    let (tree, mut events, tree_complete) = process_tree(&alert.alert.event.process, window);
-    with_alert_event(&mut events, &alert.alert.event);
-    Ok(Some(AlertDetail {
+    Ok(Some(AlertDetail::assemble(
         alert,
         ancestry,
-        tree,
-        events,
-        window_from,
-        window_to,
-        truncated: !(read_all && tree_complete),
-    }))
+        window,
+        (window_from, window_to),
+    )))
 }
 
 /// The alert's process and its ancestors. The window's events are looked at first (already
