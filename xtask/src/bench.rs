@@ -489,11 +489,14 @@ fn attach_detach_rounds(plan: &Plan, sensor: &Path, log: &Path) -> anyhow::Resul
     Ok(metrics)
 }
 
-/// Starts `vigil-sensor --output none` and waits until its programs are attached.
+/// Starts `vigil-sensor --output none` with the shipped rule pack, as installed, and waits
+/// until its programs are attached. The rules decide what the kernel captures and which
+/// records wake the sensor at once.
 fn start_sensor(sensor: &Path, log: &Path) -> anyhow::Result<Child> {
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = Command::new(sensor)
-        .args(["--output", "none"])
+        .args(["--output", "none", "--rules"])
+        .arg(workspace_root().join("rules"))
         // Plain log lines, so the markers and `lost=N` below parse.
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
