@@ -7,6 +7,7 @@
 //! Not a test: figures are reported against the goals, never asserted (these machines
 //! are too noisy for timing gates).
 
+mod floor;
 mod report;
 mod stack;
 mod workload;
@@ -354,45 +355,13 @@ fn parse_detect_line(line: &str) -> Option<(String, usize, f64)> {
 /// What the kernel runs while an A workload is timed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// No sensor, no syscall tracepoint in use.
+    /// No sensor.
     Detached,
-    /// No sensor; one syscall tracepoint pair no workload calls is enabled through tracefs.
-    /// Any enabled syscall tracepoint sends every syscall of every task through the kernel's
-    /// slow syscall path, so this is the least any tracepoint-based sensor can cost here.
+    /// No sensor; a program that does nothing on every tracepoint the sensor uses
+    /// ([`floor::EmptyPrograms`]): the least any sensor on these hooks costs.
     Floor,
     /// `vigil-sensor --output none` attached.
     Attached,
-}
-
-/// The syscall whose tracepoints [`Phase::Floor`] enables: nothing on a host calls it.
-const FLOOR_SYSCALL: &str = "vhangup";
-
-/// Enables [`FLOOR_SYSCALL`]'s enter and exit tracepoints until dropped.
-struct FloorTracepoints(Vec<PathBuf>);
-
-impl FloorTracepoints {
-    fn enable() -> anyhow::Result<Self> {
-        let mut enabled = Self(Vec::new());
-        for side in ["enter", "exit"] {
-            let file = PathBuf::from(format!(
-                "/sys/kernel/tracing/events/syscalls/sys_{side}_{FLOOR_SYSCALL}/enable"
-            ));
-            std::fs::write(&file, "1")
-                .with_context(|| format!("enabling {} (is tracefs mounted?)", file.display()))?;
-            enabled.0.push(file);
-        }
-        Ok(enabled)
-    }
-}
-
-impl Drop for FloorTracepoints {
-    fn drop(&mut self) {
-        for file in &self.0 {
-            if let Err(e) = std::fs::write(file, "0") {
-                eprintln!("xtask: WARNING: could not disable {}: {e}", file.display());
-            }
-        }
-    }
 }
 
 /// A1-A4: each round measures every workload detached, at the tracepoint floor and attached,
@@ -425,10 +394,13 @@ fn attach_detach_rounds(plan: &Plan, sensor: &Path, log: &Path) -> anyhow::Resul
                     _ => {}
                 }
                 let _floor = match phase {
-                    Phase::Floor => Some(FloorTracepoints::enable()?),
+                    Phase::Floor => Some(floor::EmptyPrograms::attach()?),
                     _ => None,
                 };
                 for (i, w) in WORKLOADS.iter().enumerate() {
+                    if let Some(sensor) = &running {
+                        settle(sensor);
+                    }
                     timings[slot(phase)][i].push(fastest_chunk(w, plan)?);
                 }
             }
@@ -469,8 +441,8 @@ fn attach_detach_rounds(plan: &Plan, sensor: &Path, log: &Path) -> anyhow::Resul
             });
         }
         for (what, on, off) in [
-            ("tracepoint floor / detached", &floor[i], &detached[i]),
-            ("attached / tracepoint floor", &attached[i], &floor[i]),
+            ("empty programs / detached", &floor[i], &detached[i]),
+            ("attached / empty programs", &attached[i], &floor[i]),
         ] {
             let (baseline, treatment, ratio, pair_ratios) = compare(on, off, &cpu);
             metrics.push(Metric {
@@ -488,6 +460,34 @@ fn attach_detach_rounds(plan: &Plan, sensor: &Path, log: &Path) -> anyhow::Resul
     }
     Ok(metrics)
 }
+
+/// Waits until the sensor has used no CPU for [`SETTLED_AFTER`] (at most [`SETTLE_AT_MOST`]),
+/// so that a workload is not timed while the sensor still handles the records of the one
+/// before (A3's connects were 10-15% of A4's figure): each A figure is its own loop's cost.
+fn settle(sensor: &Child) {
+    let stat = format!("/proc/{}/stat", sensor.id());
+    let cpu_ticks = || -> Option<u64> {
+        let text = std::fs::read_to_string(&stat).ok()?;
+        // Fields after the command name (which may hold spaces): utime and stime are the
+        // 12th and 13th.
+        let rest = text.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let deadline = Instant::now() + SETTLE_AT_MOST;
+    let mut last = cpu_ticks();
+    while Instant::now() < deadline {
+        std::thread::sleep(SETTLED_AFTER);
+        let now = cpu_ticks();
+        if now.is_none() || now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+const SETTLED_AFTER: Duration = Duration::from_millis(200);
+const SETTLE_AT_MOST: Duration = Duration::from_secs(10);
 
 /// Starts `vigil-sensor --output none` with the shipped rule pack, as installed, and waits
 /// until its programs are attached. The rules decide what the kernel captures and which

@@ -108,8 +108,7 @@ pub(super) fn to_table(metrics: &[Metric], plan: &Plan, took: Duration) -> Strin
     if has(&['A']) {
         let _ = writeln!(
         t,
-        "A: baseline = sensor detached, treatment = `vigil-sensor --output none --rules rules/` (the shipped pack) attached; tracepoint floor = no sensor, the {} syscall's enter/exit tracepoints enabled through tracefs (any syscall tracepoint sends every syscall through the kernel's slow path: the least a tracepoint-based sensor costs); ratio = median of {} per-round ratios (ABCCBA order), each side the fastest of {CHUNKS} slices; CPU = the loop thread's CPU time plus its reaped children's (the goal's figure), wall = elapsed time (also charges the sensor's and everyone else's use of the 2 cores); drops = kernel records the sensor logged lost. Took {:.0} s.",
-        super::FLOOR_SYSCALL,
+        "A: baseline = sensor detached, treatment = `vigil-sensor --output none --rules rules/` (the shipped pack) attached; empty programs = no sensor, a BPF program that does nothing attached to every tracepoint the sensor uses (the kernel's dispatch to BPF on those hooks: the least any sensor on them costs); ratio = median of {} per-round ratios (ABCCBA order), each side the fastest of {CHUNKS} slices; CPU = the loop thread's CPU time plus its reaped children's (the goal's figure), wall = elapsed time (also charges the sensor's and everyone else's use of the 2 cores); drops = kernel records the sensor logged lost. Took {:.0} s.",
         plan.rounds,
         took.as_secs_f64()
     );
