@@ -56,35 +56,75 @@ pub fn run(quick: bool, only: &[Series]) -> anyhow::Result<()> {
     let wanted = |series: Series| only.is_empty() || only.contains(&series);
 
     let mut metrics = Vec::new();
+    // A series that breaks is reported and the others still run: one run of the suite is
+    // minutes, and a figure already measured is worth keeping.
+    let mut failures: Vec<Failure> = Vec::new();
+    let record = |metrics: &mut Vec<Metric>,
+                  failures: &mut Vec<Failure>,
+                  series: &str,
+                  result: anyhow::Result<Vec<Metric>>| match result {
+        Ok(measured) => metrics.extend(measured),
+        Err(error) => failures.push(Failure::new(series, error)),
+    };
     if wanted(Series::A) {
         std::fs::create_dir_all(UNWATCHED_DIR)?;
         std::fs::write(unwatched_file(), b"vigil bench\n")?;
         let attached = attach_detach_rounds(&plan, &bins.sensor, &out_dir.join("sensor.log"));
         let _ = std::fs::remove_dir_all(UNWATCHED_DIR);
-        metrics.extend(attached?);
+        record(&mut metrics, &mut failures, "A", attached);
     }
     if wanted(Series::Bcd) {
-        metrics.extend(stack::run(stack::StackPlan::new(quick), &bins, &out_dir)?);
+        let (measured, broken) = stack::run(stack::StackPlan::new(quick), &bins, &out_dir);
+        metrics.extend(measured);
+        failures.extend(broken);
     }
     if wanted(Series::E) {
-        metrics.extend(rule_matching()?);
+        record(&mut metrics, &mut failures, "E", rule_matching());
     }
     if wanted(Series::F) {
-        metrics.extend(collector_ingest(&bins, quick)?);
+        record(
+            &mut metrics,
+            &mut failures,
+            "F",
+            collector_ingest(&bins, quick),
+        );
     }
 
     let mut json = String::new();
     for m in &metrics {
         writeln!(json, "{}", to_json(m))?;
     }
-    let table = to_table(&metrics, &plan, started.elapsed());
+    let mut table = to_table(&metrics, &plan, started.elapsed());
+    for Failure { series, error } in &failures {
+        writeln!(json, "{}", report::failure_json(series, error))?;
+        writeln!(table, "FAILED {series}: {error:#}")?;
+    }
     print!("{json}");
     println!();
     print!("{table}");
     std::fs::write(out_dir.join("bench.json"), &json)?;
     std::fs::write(out_dir.join("bench.txt"), &table)?;
     println!("written to {}", out_dir.display());
+    if !failures.is_empty() {
+        let names: Vec<&str> = failures.iter().map(|f| f.series.as_str()).collect();
+        bail!("the benchmark broke in {}", names.join(", "));
+    }
     Ok(())
+}
+
+/// A part of the suite that could not be measured, and why.
+pub(super) struct Failure {
+    series: String,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    pub(super) fn new(series: &str, error: anyhow::Error) -> Self {
+        Self {
+            series: series.to_owned(),
+            error,
+        }
+    }
 }
 
 fn target_dir() -> PathBuf {

@@ -78,6 +78,15 @@ pub(super) fn to_json(m: &Metric) -> String {
     )
 }
 
+/// The JSON line of a series that broke.
+pub(super) fn failure_json(series: &str, error: &anyhow::Error) -> String {
+    format!(
+        "{{\"name\":{},\"failed\":{}}}",
+        json_string(series),
+        json_string(&format!("{error:#}"))
+    )
+}
+
 pub(super) fn to_table(metrics: &[Metric], plan: &Plan, took: Duration) -> String {
     let mut t = String::new();
     let _ = writeln!(
@@ -128,6 +137,15 @@ D: CPU = sum of the sensor's threads' schedstat over the step and its settling s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_series_is_one_json_line_naming_it_and_why() {
+        let error = anyhow::anyhow!("no alert for \"/tmp/p\" within 30s").context("C latency");
+        assert_eq!(
+            failure_json("C", &error),
+            r#"{"name":"C","failed":"C latency: no alert for \"/tmp/p\" within 30s"}"#
+        );
+    }
 
     #[test]
     fn median_of_even_and_odd() {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::report::Metric;
+use super::Failure;
 use crate::build::exec;
 
 /// Where the bench keeps its certificates, database, spool, rules and logs.
@@ -72,30 +73,39 @@ pub(super) struct Binaries {
     pub(super) raw_drain: PathBuf,
 }
 
-pub(super) fn run(plan: StackPlan, bins: &Binaries, out_dir: &Path) -> anyhow::Result<Vec<Metric>> {
-    let dir = out_dir.join(DIR_NAME);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let _ = std::fs::remove_dir_all(WATCHED_DIR);
-    std::fs::create_dir_all(WATCHED_DIR)?;
-    let result = (|| {
+/// B, C and D on one stack. A step that breaks is returned as a failure and the next one
+/// still runs (C waiting in vain for an alert says nothing about D); a stack that cannot be
+/// set up fails all three.
+pub(super) fn run(plan: StackPlan, bins: &Binaries, out_dir: &Path) -> (Vec<Metric>, Vec<Failure>) {
+    let mut metrics = Vec::new();
+    let mut failures = Vec::new();
+    let setup = (|| {
+        let dir = out_dir.join(DIR_NAME);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let _ = std::fs::remove_dir_all(WATCHED_DIR);
+        std::fs::create_dir_all(WATCHED_DIR)?;
         let files = Files::create(plan.latency_samples)?;
-        let mut metrics = Vec::new();
         // Raw drain first, with nothing else of ours attached.
         let raw = raw_drain(plan, bins, &files, &dir)?;
-        let mut stack = Stack::start(bins, &dir)?;
-        let measured = (|| {
-            metrics.extend(lossless_rate(plan, &mut stack, &files, raw)?);
-            metrics.extend(latency(plan, &mut stack, &files)?);
-            metrics.extend(cpu_and_rss(plan, &mut stack, &files)?);
-            Ok::<_, anyhow::Error>(())
-        })();
-        stack.stop();
-        measured?;
-        Ok(metrics)
+        let stack = Stack::start(bins, &dir)?;
+        Ok::<_, anyhow::Error>((files, raw, stack))
     })();
+    match setup {
+        Ok((files, raw, mut stack)) => {
+            let mut step = |series: &str, result: anyhow::Result<Vec<Metric>>| match result {
+                Ok(measured) => metrics.extend(measured),
+                Err(e) => failures.push(Failure::new(series, e)),
+            };
+            step("B", lossless_rate(plan, &mut stack, &files, raw));
+            step("C", latency(plan, &mut stack, &files));
+            step("D", cpu_and_rss(plan, &mut stack, &files));
+            stack.stop();
+        }
+        Err(e) => failures.push(Failure::new("B-D", e)),
+    }
     let _ = std::fs::remove_dir_all(WATCHED_DIR);
-    result
+    (metrics, failures)
 }
 
 /// The files the generator and the latency probe open, made once.
