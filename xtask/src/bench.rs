@@ -501,7 +501,8 @@ fn attach_detach_rounds(plan: &Plan, sensor: &Path, log: &Path) -> anyhow::Resul
     Ok(metrics)
 }
 
-/// Waits until the sensor has used no CPU for [`SETTLED_AFTER`] (at most [`SETTLE_AT_MOST`]),
+/// Waits until the sensor has used less than a clock tick (10 ms) of CPU over [`SETTLED_AFTER`]
+/// (at most [`SETTLE_AT_MOST`]: a sensor busy with the rest of a busy host never settles),
 /// so that a workload is not timed while the sensor still handles the records of the one
 /// before (A3's connects were 10-15% of A4's figure): each A figure is its own loop's cost.
 fn settle(sensor: &Child) {
@@ -527,7 +528,7 @@ fn settle(sensor: &Child) {
 }
 
 const SETTLED_AFTER: Duration = Duration::from_millis(200);
-const SETTLE_AT_MOST: Duration = Duration::from_secs(10);
+const SETTLE_AT_MOST: Duration = Duration::from_secs(3);
 
 /// Starts `vigil-sensor --output none` with the shipped rule pack, as installed, and waits
 /// until its programs are attached. The rules decide what the kernel captures and which
