@@ -165,17 +165,17 @@ impl KernelOffsets {
     pub const UNAVAILABLE: u32 = u32::MAX;
 }
 
-/// What the loader tells the programs before they load (read-only globals).
+/// What the loader tells the programs before they load (read-only globals). The sensor's own
+/// tgid is not here: it is the host's TGID, which a sensor in a PID namespace of its own can
+/// only learn from a program once loaded (the `SENSOR_TGID` map, written by `whoami`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SensorConfig {
-    /// The sensor's own tgid: every program skips it first, so the sensor never records itself.
-    pub sensor_tgid: u32,
     /// Nonzero when the watched-prefix map is in force; zero means every path is of interest.
     pub prefix_filter: u32,
     pub offsets: KernelOffsets,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 72);
+const _: () = assert!(size_of::<SensorConfig>() == 68);
 
 /// Bytes kept of each path argument of a syscall; longer paths are truncated and flagged.
 pub const SYSCALL_STR_CAP: usize = 256;

@@ -20,9 +20,9 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, bpf_send_signal,
     },
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint, uprobe},
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
     EbpfContext, Global,
 };
 use vigil_common::{
@@ -35,7 +35,6 @@ use crate::task::Task;
 /// Set by the loader before load; read-only to the programs.
 #[no_mangle]
 static CONFIG: Global<SensorConfig> = Global::new(SensorConfig {
-    sensor_tgid: 0,
     prefix_filter: 0,
     offsets: vigil_common::KernelOffsets {
         task_real_parent: u32::MAX,
@@ -83,6 +82,25 @@ static SENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
 /// went to sleep is never left waiting behind records that did not wake it).
 #[map]
 static POLLING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The sensor's own tgid as the kernel numbers it (the host's PID namespace), which every
+/// program skips first so the sensor never records itself. Written once by [`whoami`] before
+/// any other program is attached; 0 until then. NB: a map, not a read-only global, because a
+/// sensor in a PID namespace of its own (a container) knows only its namespaced pid before
+/// a program of ours has run in its context.
+#[map]
+static SENSOR_TGID: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Attached by the sensor to a function of its own binary, for its own calling thread only, and
+/// called once at start: records the caller's tgid as the kernel sees it (see [`SENSOR_TGID`]).
+#[uprobe]
+pub fn whoami(_ctx: ProbeContext) -> u32 {
+    if let Some(slot) = SENSOR_TGID.get_ptr_mut(0) {
+        // SAFETY: a one-entry array slot; the sensor calls the probed function from one thread.
+        unsafe { *slot = current_tgid() };
+    }
+    0
+}
 
 /// Outputs a record to a lane, counting it as sent or lost.
 #[inline(always)]
@@ -200,7 +218,7 @@ pub(crate) fn fill_header(
 
 #[inline(always)]
 pub(crate) fn is_sensor(tgid: u32) -> bool {
-    tgid == CONFIG.load().sensor_tgid
+    SENSOR_TGID.get(0) == Some(&tgid)
 }
 
 #[inline(always)]

@@ -45,10 +45,10 @@ const CONTAINER_ADJUSTMENTS: &[&str] = &[
      and the sensor unit, without CAP_SYS_ADMIN, cannot mount tracefs itself: the test mounts \
      it in the container after boot, as systemd does on a host",
     "the container has its own PID namespace (systemd must be its PID 1) while the kernel \
-     programs report host PIDs and the sensor gives the kernel its own PID as the container \
-     sees it: inside a container the sensor does not recognise itself, sees every process of \
-     the host, and looks up host PIDs in the container's /proc; the alert is matched by a \
-     marker in its command line, which the exec record carries from the kernel",
+     programs report host PIDs: the sensor learns its host PID from its own probe, says it \
+     runs outside the host PID namespace, and attaches nothing looked up in the container's \
+     /proc by a host PID (tests/tests/pid_namespace.rs); the alert is matched by a marker in \
+     its command line, which the exec record carries from the kernel",
 ];
 
 /// The fenced ```sh block under the install heading, without its build command.
