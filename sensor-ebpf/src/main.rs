@@ -20,9 +20,9 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, bpf_send_signal,
     },
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint, uprobe},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     EbpfContext, Global,
 };
 use vigil_common::{
@@ -84,20 +84,45 @@ static SENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
 static POLLING: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The sensor's own tgid as the kernel numbers it (the host's PID namespace), which every
-/// program skips first so the sensor never records itself. Written once by [`whoami`] before
-/// any other program is attached; 0 until then. NB: a map, not a read-only global, because a
+/// program skips first so the sensor never records itself. Written by [`whoami`] before any
+/// other program is attached; 0 until then. NB: a map, not a read-only global, because a
 /// sensor in a PID namespace of its own (a container) knows only its namespaced pid before
 /// a program of ours has run in its context.
 #[map]
 static SENSOR_TGID: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Attached by the sensor to a function of its own binary, for its own calling thread only, and
-/// called once at start: records the caller's tgid as the kernel sees it (see [`SENSOR_TGID`]).
-#[uprobe]
-pub fn whoami(_ctx: ProbeContext) -> u32 {
-    if let Some(slot) = SENSOR_TGID.get_ptr_mut(0) {
-        // SAFETY: a one-entry array slot; the sensor calls the probed function from one thread.
-        unsafe { *slot = current_tgid() };
+/// The sensor as its own PID namespace knows it (set by the loader; see `WhoamiQuery`).
+#[no_mangle]
+static WHOAMI: Global<vigil_common::WhoamiQuery> = Global::new(vigil_common::WhoamiQuery {
+    pidns_dev: 0,
+    pidns_ino: 0,
+    local_pid: 0,
+    _pad: 0,
+});
+
+/// Attached by the sensor for a moment at start to a syscall tracepoint it then enters itself
+/// (`getpgid`): the task that is `local_pid` in the sensor's PID namespace is the sensor, and
+/// its tgid here is the host's number for it. NB: not a uprobe on the sensor's own code: perf
+/// uprobes need CAP_SYS_ADMIN on current kernels (a 2025 fix took them from CAP_PERFMON),
+/// which the service does not have; syscall tracepoints need only CAP_PERFMON.
+#[tracepoint]
+pub fn whoami(_ctx: TracePointContext) -> u32 {
+    let query = WHOAMI.load();
+    let mut ns = aya_ebpf::bindings::bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: the helper writes at most `size` bytes into `ns`, which is that large.
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_get_ns_current_pid_tgid(
+            query.pidns_dev,
+            query.pidns_ino,
+            &mut ns,
+            core::mem::size_of::<aya_ebpf::bindings::bpf_pidns_info>() as u32,
+        )
+    };
+    if rc == 0 && ns.tgid == query.local_pid {
+        if let Some(slot) = SENSOR_TGID.get_ptr_mut(0) {
+            // SAFETY: a one-entry array slot, written only by this program.
+            unsafe { *slot = current_tgid() };
+        }
     }
     0
 }

@@ -234,6 +234,8 @@ impl Capture {
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
         loader.override_global("SOCKET_OFFSETS", &socket_offsets, true);
+        let whoami = pidns::whoami_query();
+        loader.override_global("WHOAMI", &whoami, true);
         let file_offsets = offsets::file_offsets(Path::new(offsets::KERNEL_BTF));
         if let Ok(file_offsets) = &file_offsets {
             loader.override_global("FILE_OFFSETS", file_offsets, true);
@@ -533,17 +535,17 @@ const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 /// [`Capture::drain`]).
 const SLEEP_AT_MOST: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The sensor's host TGID, from its own probe; failing that (a kernel without uprobes), its
-/// pid, which is right in the host's namespace and the best there is outside it.
+/// The sensor's host TGID, from its own program; failing that (no syscall tracepoints, no
+/// `bpf_get_ns_current_pid_tgid`), its pid: right in the host's namespace, the best there is outside.
 fn learn_own_tgid(ebpf: &mut Ebpf) -> Result<PidNamespace, CaptureError> {
     match pidns::learn_host_tgid(ebpf) {
         Ok(tgid) => Ok(PidNamespace::locate(Some(tgid))),
         Err(e) => {
             let namespace = PidNamespace::locate(None);
             if namespace.host {
-                tracing::debug!(error = %e, "host pid not learned from the kernel; using getpid()");
+                tracing::debug!(error = %refusal(&e), "host pid not learned from the kernel; using getpid()");
             } else {
-                tracing::warn!(error = %e, "cannot learn the sensor's host pid: its own activity is not told apart from the host's");
+                tracing::warn!(error = %refusal(&e), "cannot learn the sensor's host pid: its own activity is not told apart from the host's");
             }
             pidns::set_own_tgid(ebpf, namespace.own_tgid()).map_err(CaptureError::OwnTgid)?;
             Ok(namespace)

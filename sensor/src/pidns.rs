@@ -6,14 +6,15 @@
 //! there is missing, or is a different process. So the sensor learns its host TGID from a
 //! program of its own ([`learn_host_tgid`]: every program skips that TGID) and, when it is not
 //! in the host's namespace, never looks a record's PID up in /proc ([`PidNamespace::host`]).
+//! The program knows the sensor by the one pair nothing else can hold: its PID namespace
+//! (device and inode of `/proc/self/ns/pid`) and its pid there ([`whoami_query`]).
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use aya::maps::Array;
-use aya::programs::uprobe::UProbeScope;
-use aya::programs::UProbe;
+use aya::programs::TracePoint;
 use aya::Ebpf;
+use vigil_common::WhoamiQuery;
 
 /// The inode of the initial PID namespace's `/proc/PID/ns/pid` (`PROC_PID_INIT_INO` in the
 /// kernel's `include/linux/proc_ns.h`, fixed since 3.8): any other inode is a child namespace.
@@ -87,13 +88,23 @@ fn in_host_namespace(
     !(other_namespace || renumbered || foreign_proc)
 }
 
-/// Probed by the `whoami` program, and called once at start: a function of this binary, so
-/// that a uprobe on it runs in the sensor's own context. NB: `no_mangle` and a call through
-/// `black_box` keep the function and the call in the binary.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn vigil_sensor_whoami(token: u64) -> u64 {
-    std::hint::black_box(token)
+/// The syscall tracepoint `whoami` watches for a moment; the sensor then enters it itself.
+/// `getpgid` is cheap, harmless and rarely called by anything else.
+const WHOAMI_TRACEPOINT: (&str, &str) = ("syscalls", "sys_enter_getpgid");
+
+/// The sensor as its own PID namespace knows it, for the `WHOAMI` global. All zeros (which no
+/// task matches) when /proc/self/ns/pid cannot be read.
+pub fn whoami_query() -> WhoamiQuery {
+    let local_pid = std::process::id();
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(ns) => WhoamiQuery {
+            pidns_dev: ns.dev(),
+            pidns_ino: ns.ino(),
+            local_pid,
+            _pad: 0,
+        },
+        Err(_) => WhoamiQuery::default(),
+    }
 }
 
 /// Why the host TGID could not be learned.
@@ -102,12 +113,9 @@ pub enum WhoamiError {
     /// The object has no `whoami` program or `SENSOR_TGID` map (a mismatched build).
     #[error("{0} is missing from the kernel object")]
     Missing(&'static str),
-    /// Our own code could not be located in the binary's mapping.
-    #[error("locating vigil_sensor_whoami in /proc/self/maps: {0}")]
-    Locate(String),
-    /// The kernel refused the uprobe (no CONFIG_UPROBES, a seccomp filter...).
-    #[error("uprobe {step}: {source}")]
-    Uprobe {
+    /// The kernel refused the program or its tracepoint.
+    #[error("tracepoint {step}: {source}")]
+    Tracepoint {
         step: &'static str,
         #[source]
         source: Box<aya::programs::ProgramError>,
@@ -115,43 +123,33 @@ pub enum WhoamiError {
     /// The map could not be read back.
     #[error("reading SENSOR_TGID: {0}")]
     Map(#[source] Box<aya::maps::MapError>),
-    /// The probe was attached and the function called, yet nothing was recorded.
-    #[error("the whoami probe did not fire")]
+    /// The program was attached and the sensor entered the syscall, yet nothing was recorded
+    /// (/proc/self/ns/pid unreadable, or no `bpf_get_ns_current_pid_tgid`).
+    #[error("the whoami program did not recognise the sensor")]
     Silent,
 }
 
 /// Learns this process's TGID as the kernel numbers it, and leaves it in the programs'
-/// `SENSOR_TGID` map: attaches `whoami` to [`vigil_sensor_whoami`] for this process only,
-/// calls it, reads the map, detaches. Must run before any other program is attached, so that
-/// none of them ever sees the sensor unrecognised.
+/// `SENSOR_TGID` map: attaches `whoami` (loaded with [`whoami_query`]) to a syscall
+/// tracepoint, makes that syscall, reads the map, detaches. Must run before any other program
+/// is attached, so that none of them ever sees the sensor unrecognised.
 pub fn learn_host_tgid(ebpf: &mut Ebpf) -> Result<u32, WhoamiError> {
-    let address =
-        std::hint::black_box(vigil_sensor_whoami as extern "C" fn(u64) -> u64) as usize as u64;
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_err(|e| WhoamiError::Locate(e.to_string()))?;
-    let offset = file_offset(&maps, address).ok_or_else(|| {
-        WhoamiError::Locate(format!("no file mapping holds address {address:#x}"))
-    })?;
-    let uprobe = |step, source| WhoamiError::Uprobe {
+    let tracepoint = |step, source| WhoamiError::Tracepoint {
         step,
         source: Box::new(source),
     };
-    let program: &mut UProbe = ebpf
+    let program: &mut TracePoint = ebpf
         .program_mut("whoami")
         .ok_or(WhoamiError::Missing("program whoami"))?
         .try_into()
-        .map_err(|e| uprobe("type", e))?;
-    program.load().map_err(|e| uprobe("load", e))?;
-    // /proc/self/exe names our own image whatever path (or mount namespace) started it.
+        .map_err(|e| tracepoint("type", e))?;
+    program.load().map_err(|e| tracepoint("load", e))?;
+    let (category, name) = WHOAMI_TRACEPOINT;
     let link = program
-        .attach(
-            offset,
-            Path::new("/proc/self/exe"),
-            UProbeScope::CallingProcess,
-        )
-        .map_err(|e| uprobe("attach", e))?;
-    let token = vigil_sensor_whoami(std::hint::black_box(u64::from(std::process::id())));
-    std::hint::black_box(token);
+        .attach(category, name)
+        .map_err(|e| tracepoint("attach", e))?;
+    // SAFETY: getpgid(0) only reads the calling process's group.
+    std::hint::black_box(unsafe { libc::getpgid(0) });
     let detached = program.detach(link);
     let map = ebpf
         .map("SENSOR_TGID")
@@ -159,7 +157,7 @@ pub fn learn_host_tgid(ebpf: &mut Ebpf) -> Result<u32, WhoamiError> {
     let tgid = Array::<_, u32>::try_from(map)
         .and_then(|a| a.get(&0, 0))
         .map_err(|e| WhoamiError::Map(Box::new(e)))?;
-    detached.map_err(|e| uprobe("detach", e))?;
+    detached.map_err(|e| tracepoint("detach", e))?;
     if tgid == 0 {
         return Err(WhoamiError::Silent);
     }
@@ -174,24 +172,6 @@ pub fn set_own_tgid(ebpf: &mut Ebpf, tgid: u32) -> Result<(), WhoamiError> {
     Array::<_, u32>::try_from(map)
         .and_then(|mut a| a.set(0, tgid, 0))
         .map_err(|e| WhoamiError::Map(Box::new(e)))
-}
-
-/// The offset in its file of `address`, from the text of /proc/self/maps
-/// (`start-end perms offset dev inode path`).
-fn file_offset(maps: &str, address: u64) -> Option<u64> {
-    maps.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (start, end) = fields.next()?.split_once('-')?;
-        let (start, end) = (
-            u64::from_str_radix(start, 16).ok()?,
-            u64::from_str_radix(end, 16).ok()?,
-        );
-        let _perms = fields.next()?;
-        let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-        (start..end)
-            .contains(&address)
-            .then(|| address - start + offset)
-    })
 }
 
 #[cfg(test)]
@@ -215,30 +195,13 @@ mod tests {
     }
 
     #[test]
-    fn file_offset_is_relative_to_the_mapping_holding_the_address() {
-        let maps = "\
-55d0c0000000-55d0c0100000 r--p 00000000 08:01 1234 /usr/bin/vigil-sensor
-55d0c0100000-55d0c0900000 r-xp 00100000 08:01 1234 /usr/bin/vigil sensor (deleted)
-7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
-";
-        assert_eq!(file_offset(maps, 0x55d0_c010_2340), Some(0x10_2340));
-        assert_eq!(file_offset(maps, 0x55d0_c000_0010), Some(0x10));
-        assert_eq!(file_offset(maps, 0x1000), None);
-        assert_eq!(file_offset("garbage\n", 0x1000), None);
-    }
-
-    #[test]
-    fn our_own_function_is_found_in_our_own_maps() {
-        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
-        let address = vigil_sensor_whoami as extern "C" fn(u64) -> u64 as usize as u64;
-        assert!(file_offset(&maps, address).is_some());
-    }
-
-    #[test]
     fn this_test_runs_in_the_namespace_it_reports() {
         let ns = PidNamespace::locate(None);
         let inode = std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).ok();
         assert_eq!(ns.host, inode.is_none_or(|i| i == INIT_PID_NS_INODE));
         assert_eq!(ns.own_tgid(), std::process::id());
+        let query = whoami_query();
+        assert_eq!(query.local_pid, std::process::id());
+        assert_eq!(Some(query.pidns_ino), inode);
     }
 }
