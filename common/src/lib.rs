@@ -165,17 +165,32 @@ impl KernelOffsets {
     pub const UNAVAILABLE: u32 = u32::MAX;
 }
 
-/// What the loader tells the programs before they load (read-only globals).
+/// What the loader tells the programs before they load (read-only globals). The sensor's own
+/// tgid is not here: it is the host's TGID, which a sensor in a PID namespace of its own can
+/// only learn from a program once loaded (the `SENSOR_TGID` map, written by `whoami` when it
+/// sees the process of [`WhoamiQuery`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SensorConfig {
-    /// The sensor's own tgid: every program skips it first, so the sensor never records itself.
-    pub sensor_tgid: u32,
     /// Nonzero when the watched-prefix map is in force; zero means every path is of interest.
     pub prefix_filter: u32,
     pub offsets: KernelOffsets,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 72);
+const _: () = assert!(size_of::<SensorConfig>() == 68);
+
+/// Who the sensor is in its own PID namespace, for the `whoami` program (a read-only global):
+/// the namespace as `stat` of `/proc/self/ns/pid` gives it and the sensor's pid there. A task
+/// whose pid in that namespace (`bpf_get_ns_current_pid_tgid`) is `local_pid` is the sensor,
+/// whatever number the host gives it; no other process can claim that pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WhoamiQuery {
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
+    pub local_pid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<WhoamiQuery>() == 24);
 
 /// Bytes kept of each path argument of a syscall; longer paths are truncated and flagged.
 pub const SYSCALL_STR_CAP: usize = 256;
@@ -343,6 +358,8 @@ pub mod dns_op {
 mod user {
     // SAFETY: plain-old-data: repr(C), integers and byte arrays only, no padding holes.
     unsafe impl aya::Pod for super::SensorConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WhoamiQuery {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.

@@ -35,7 +35,6 @@ use crate::task::Task;
 /// Set by the loader before load; read-only to the programs.
 #[no_mangle]
 static CONFIG: Global<SensorConfig> = Global::new(SensorConfig {
-    sensor_tgid: 0,
     prefix_filter: 0,
     offsets: vigil_common::KernelOffsets {
         task_real_parent: u32::MAX,
@@ -83,6 +82,50 @@ static SENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
 /// went to sleep is never left waiting behind records that did not wake it).
 #[map]
 static POLLING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The sensor's own tgid as the kernel numbers it (the host's PID namespace), which every
+/// program skips first so the sensor never records itself. Written by [`whoami`] before any
+/// other program is attached; 0 until then. NB: a map, not a read-only global, because a
+/// sensor in a PID namespace of its own (a container) knows only its namespaced pid before
+/// a program of ours has run in its context.
+#[map]
+static SENSOR_TGID: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The sensor as its own PID namespace knows it (set by the loader; see `WhoamiQuery`).
+#[no_mangle]
+static WHOAMI: Global<vigil_common::WhoamiQuery> = Global::new(vigil_common::WhoamiQuery {
+    pidns_dev: 0,
+    pidns_ino: 0,
+    local_pid: 0,
+    _pad: 0,
+});
+
+/// Attached by the sensor for a moment at start to a syscall tracepoint it then enters itself
+/// (`getpgid`): the task that is `local_pid` in the sensor's PID namespace is the sensor, and
+/// its tgid here is the host's number for it. NB: not a uprobe on the sensor's own code: perf
+/// uprobes need CAP_SYS_ADMIN on current kernels (a 2025 fix took them from CAP_PERFMON),
+/// which the service does not have; syscall tracepoints need only CAP_PERFMON.
+#[tracepoint]
+pub fn whoami(_ctx: TracePointContext) -> u32 {
+    let query = WHOAMI.load();
+    let mut ns = aya_ebpf::bindings::bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: the helper writes at most `size` bytes into `ns`, which is that large.
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_get_ns_current_pid_tgid(
+            query.pidns_dev,
+            query.pidns_ino,
+            &mut ns,
+            core::mem::size_of::<aya_ebpf::bindings::bpf_pidns_info>() as u32,
+        )
+    };
+    if rc == 0 && ns.tgid == query.local_pid {
+        if let Some(slot) = SENSOR_TGID.get_ptr_mut(0) {
+            // SAFETY: a one-entry array slot, written only by this program.
+            unsafe { *slot = current_tgid() };
+        }
+    }
+    0
+}
 
 /// Outputs a record to a lane, counting it as sent or lost.
 #[inline(always)]
@@ -200,7 +243,7 @@ pub(crate) fn fill_header(
 
 #[inline(always)]
 pub(crate) fn is_sensor(tgid: u32) -> bool {
-    tgid == CONFIG.load().sensor_tgid
+    SENSOR_TGID.get(0) == Some(&tgid)
 }
 
 #[inline(always)]

@@ -19,8 +19,7 @@ async fn main() -> anyhow::Result<()> {
         syscalls: true,
         ..Default::default()
     };
-    let mut capture =
-        Capture::start(std::process::id(), &options).context("starting kernel capture")?;
+    let mut capture = Capture::start(&options).context("starting kernel capture")?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     println!("draining");

@@ -16,6 +16,7 @@ use vigil_proto::EventAction;
 
 use crate::config::ExecHook;
 use crate::offsets::{self, OffsetError};
+use crate::pidns::{self, PidNamespace};
 use crate::syscalls;
 
 /// The kernel programs, embedded at build time by `cargo xtask build` (see build.rs).
@@ -45,6 +46,8 @@ pub enum CaptureError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("the programs cannot be told the sensor's own pid: {0}")]
+    OwnTgid(#[source] pidns::WhoamiError),
     #[error("ring buffer poll registration: {0}")]
     Poll(#[source] std::io::Error),
 }
@@ -190,19 +193,21 @@ pub struct Capture {
     /// Syscall tracepoint links, owned here so that [`Drop`] can detach them in parallel.
     syscall_links: Vec<TracePointLink>,
     ebpf: Ebpf,
+    /// The sensor's own numbers, host and local, and whether /proc speaks the host's.
+    namespace: PidNamespace,
     /// Whether the kernel's prefix filter is in force (fixed at load: a read-only global).
     prefix_filter: bool,
 }
 
 impl Capture {
-    /// Loads and attaches everything. `sensor_tgid` is skipped by every program.
-    pub fn start(sensor_tgid: u32, options: &CaptureOptions) -> Result<Self, CaptureError> {
+    /// Loads and attaches everything. Every program skips the sensor's own process, known by
+    /// its host TGID (see [`crate::pidns`]).
+    pub fn start(options: &CaptureOptions) -> Result<Self, CaptureError> {
         if EBPF_OBJECT.is_empty() {
             return Err(CaptureError::NoObject);
         }
         ensure_tracefs()?;
         let config = SensorConfig {
-            sensor_tgid,
             prefix_filter: u32::from(options.file_prefixes.is_some()),
             offsets: offsets::kernel_offsets(Path::new(offsets::KERNEL_BTF))?,
         };
@@ -229,6 +234,8 @@ impl Capture {
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
         loader.override_global("SOCKET_OFFSETS", &socket_offsets, true);
+        let whoami = pidns::whoami_query();
+        loader.override_global("WHOAMI", &whoami, true);
         let file_offsets = offsets::file_offsets(Path::new(offsets::KERNEL_BTF));
         if let Ok(file_offsets) = &file_offsets {
             loader.override_global("FILE_OFFSETS", file_offsets, true);
@@ -242,6 +249,8 @@ impl Capture {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
+        // Before any other program is attached, so that none sees the sensor unrecognised.
+        let namespace = learn_own_tgid(&mut ebpf)?;
         let mut syscall_links = Vec::new();
         let mut refused = Vec::new();
         let mut hooks = vec![
@@ -328,8 +337,14 @@ impl Capture {
             hooks,
             refused,
             ebpf,
+            namespace,
             prefix_filter: options.file_prefixes.is_some(),
         })
+    }
+
+    /// Where the sensor stands relative to the host's PID namespace.
+    pub fn pid_namespace(&self) -> PidNamespace {
+        self.namespace
     }
 
     pub fn hooks(&self) -> &[HookChoice] {
@@ -519,6 +534,24 @@ const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 /// The longest the consumer sleeps without looking, in case a record woke nobody (see
 /// [`Capture::drain`]).
 const SLEEP_AT_MOST: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The sensor's host TGID, from its own program; failing that (no syscall tracepoints, no
+/// `bpf_get_ns_current_pid_tgid`), its pid: right in the host's namespace, the best there is outside.
+fn learn_own_tgid(ebpf: &mut Ebpf) -> Result<PidNamespace, CaptureError> {
+    match pidns::learn_host_tgid(ebpf) {
+        Ok(tgid) => Ok(PidNamespace::locate(Some(tgid))),
+        Err(e) => {
+            let namespace = PidNamespace::locate(None);
+            if namespace.host {
+                tracing::debug!(error = %refusal(&e), "host pid not learned from the kernel; using getpid()");
+            } else {
+                tracing::warn!(error = %refusal(&e), "cannot learn the sensor's host pid: its own activity is not told apart from the host's");
+            }
+            pidns::set_own_tgid(ebpf, namespace.own_tgid()).map_err(CaptureError::OwnTgid)?;
+            Ok(namespace)
+        }
+    }
+}
 
 fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, CaptureError> {
     // SAFETY: the RingBuf owns its map fd and keeps it open until AsyncFd drops it.

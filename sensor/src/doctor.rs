@@ -181,9 +181,11 @@ fn clock() -> Check {
     }
 }
 
+/// The hook checks, then where the sensor stands relative to the host's PID namespace (which
+/// only loaded programs can tell: see [`crate::pidns`]).
 fn hooks() -> Vec<Check> {
-    let pid = std::process::id();
     let mut found = Vec::new();
+    let mut namespace = None;
     for (name, hook) in [
         ("hook exec/btf", ExecHook::Btf),
         ("hook exec/tracepoint", ExecHook::Tracepoint),
@@ -193,8 +195,9 @@ fn hooks() -> Vec<Check> {
             syscalls: true,
             ..CaptureOptions::default()
         };
-        match Capture::start(pid, &options) {
+        match Capture::start(&options) {
             Ok(capture) => {
+                namespace.get_or_insert(capture.pid_namespace());
                 let attached: Vec<String> = capture
                     .hooks()
                     .iter()
@@ -212,6 +215,15 @@ fn hooks() -> Vec<Check> {
             "no exec hook loads on this host",
         ));
     }
+    found.push(match namespace {
+        Some(ns) if ns.host => check("pid namespace", Verdict::Ok, ns.describe()),
+        Some(ns) => check("pid namespace", Verdict::Warn, ns.describe()),
+        None => check(
+            "pid namespace",
+            Verdict::Warn,
+            "unknown: no program loaded to tell the sensor's host pid",
+        ),
+    });
     found
 }
 

@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod hashing;
 pub mod metrics;
 pub mod offsets;
+pub mod pidns;
 pub mod probe;
 pub mod procfs;
 pub mod pushdown;
@@ -131,10 +132,6 @@ pub async fn run(
             None
         }
     };
-    let ctx = procfs::host_context();
-    let host_name = ctx.host.name.clone();
-    let view = procfs::ProcFs::new();
-    let seed = view.scan(&ctx);
     let plan = pushdown::plan(&config, &rules.kernel_filter());
     for note in &plan.notes {
         tracing::info!("kernel filter: {note}");
@@ -144,22 +141,15 @@ pub async fn run(
         file_prefixes,
         notes: _,
     } = plan;
-    let responder = respond::Responder::new(ctx.clone());
-    let mut enricher = Enricher::new(ctx, view).with_file_prefixes(file_prefixes.clone());
-    let seeded = seed.len();
-    for info in seed {
-        enricher.seed(info);
-    }
     let options = CaptureOptions {
         exec_hook: config.exec_hook,
-        file_prefixes,
+        file_prefixes: file_prefixes.clone(),
         actions: actions.clone(),
         syscalls: config.syscalls,
         critical_ring_bytes: config.critical_ring_bytes,
         bulk_ring_bytes: config.bulk_ring_bytes,
     };
-    let mut capture =
-        Capture::start(std::process::id(), &options).context("starting kernel capture")?;
+    let mut capture = Capture::start(&options).context("starting kernel capture")?;
     for refused in capture.refused() {
         tracing::info!(event = refused.event, hook = %refused.hook, reason = %refused.reason, "hook refused, fell back");
         metrics.hook(refused.event, &refused.hook, false);
@@ -167,6 +157,26 @@ pub async fn run(
     for hook in capture.hooks() {
         tracing::info!(event = hook.event, hook = %hook.hook, "attached");
         metrics.hook(hook.event, &hook.hook, true);
+    }
+    // Outside the host's PID namespace a record's pid names another process (or none) in our
+    // /proc: nothing is looked up by it, and the operator is told once, here.
+    let namespace = capture.pid_namespace();
+    metrics.pid_namespace(namespace.host);
+    if namespace.host {
+        tracing::info!(pid = namespace.own_tgid(), "in the host PID namespace");
+    } else {
+        tracing::warn!("{}", namespace.describe());
+    }
+    let ctx = procfs::host_context();
+    let host_name = ctx.host.name.clone();
+    let view = procfs::ProcFs::new(namespace.host);
+    // Seeded once the programs run, so that a process started meanwhile is in one or the other.
+    let seed = view.scan(&ctx);
+    let responder = respond::Responder::new(ctx.clone(), namespace.host);
+    let mut enricher = Enricher::new(ctx, view).with_file_prefixes(file_prefixes);
+    let seeded = seed.len();
+    for info in seed {
+        enricher.seed(info);
     }
     apply_kill_paths(&mut capture, &rules)?;
     // Loading parsed the kernel's BTF (tens of MB, freed by now).
@@ -374,7 +384,12 @@ pub async fn run(
                 emit_alert(alert, &redactor, &metrics, &mut out);
             }
             // The kernel's exec record, not the execveat syscall record (which names its syscall).
-            if event.event.action == EventAction::Exec && !event.details.contains_key("syscall") {
+            // Outside the host's PID namespace neither the pid's /proc link nor the path (in
+            // our mount namespace, perhaps not the process's) is known to be its image.
+            if namespace.host
+                && event.event.action == EventAction::Exec
+                && !event.details.contains_key("syscall")
+            {
                 // The running image first (a file replaced since exec is not it); the path
                 // when the process is already gone.
                 let candidates = [

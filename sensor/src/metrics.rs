@@ -28,6 +28,7 @@ pub struct SensorMetrics {
     central_refusals: IntCounterVec,
     batches_acked: IntCounter,
     hooks: IntGaugeVec,
+    host_pid_namespace: IntGauge,
 }
 
 impl SensorMetrics {
@@ -95,6 +96,13 @@ impl SensorMetrics {
             &["event", "hook"],
         )?;
         registry.register(Box::new(hooks.clone()))?;
+        let host_pid_namespace = IntGauge::new(
+            "vigil_sensor_host_pid_namespace",
+            "1: the sensor runs in the host's PID namespace; 0: outside it (a container without \
+             --pid=host / hostPID), so events carry only what kernel records hold, nothing \
+             looked up in /proc by pid.",
+        )?;
+        registry.register(Box::new(host_pid_namespace.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(drops.clone()))?;
         registry.register(Box::new(rule_hits.clone()))?;
@@ -121,7 +129,13 @@ impl SensorMetrics {
             central_rules_version,
             central_refusals,
             batches_acked,
+            host_pid_namespace,
         })
+    }
+
+    /// Whether the sensor runs in the host's PID namespace (see [`crate::pidns`]).
+    pub fn pid_namespace(&self, host: bool) {
+        self.host_pid_namespace.set(i64::from(host));
     }
 
     /// The registry the scrape endpoint serves.
@@ -197,6 +211,7 @@ mod tests {
         metrics.rules_loaded(7);
         metrics.batches_acked(5);
         metrics.batches_acked(3);
+        metrics.pid_namespace(false);
         let text = vigil_ops::metrics_endpoint::exposition(&metrics.registry()).expect("encode");
         for line in [
             "vigil_sensor_events_total{kind=\"exec\"} 2",
@@ -206,6 +221,7 @@ mod tests {
             "vigil_sensor_rule_hits_total{rule=\"vigil-test-rule\"} 1",
             "vigil_sensor_rules_loaded 7",
             "vigil_sensor_batches_acked_total 5",
+            "vigil_sensor_host_pid_namespace 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

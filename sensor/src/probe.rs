@@ -20,8 +20,9 @@ pub fn run(config: &SensorConfig) -> anyhow::Result<()> {
         critical_ring_bytes: config.critical_ring_bytes,
         bulk_ring_bytes: config.bulk_ring_bytes,
     };
-    let capture = Capture::start(std::process::id(), &options).context("probing kernel hooks")?;
+    let capture = Capture::start(&options).context("probing kernel hooks")?;
     print!("{}", table(capture.hooks(), capture.refused()));
+    println!("\npid namespace: {}", capture.pid_namespace().describe());
     Ok(())
 }
 

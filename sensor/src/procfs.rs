@@ -14,26 +14,39 @@ use crate::enrich::{HostContext, ProcessInfo, SystemView};
 
 pub struct ProcFs {
     root: PathBuf,
+    /// Whether /proc numbers processes as kernel records do (the sensor is in the host's PID
+    /// namespace). Without it every lookup by pid answers nothing: the pid would name another
+    /// process, or none, and an event must never carry another process's details.
+    host_pids: bool,
     users: RefCell<HashMap<u32, Option<String>>>,
     groups: RefCell<HashMap<u32, Option<String>>>,
 }
 
 impl ProcFs {
-    pub fn new() -> Self {
+    /// The host as /proc shows it; `host_pids` from [`crate::pidns::PidNamespace::host`].
+    pub fn new(host_pids: bool) -> Self {
         Self {
             root: PathBuf::from("/proc"),
+            host_pids,
             users: RefCell::default(),
             groups: RefCell::default(),
         }
     }
 
     fn read_link(&self, pid: u32, what: &str) -> Option<String> {
+        if !self.host_pids {
+            return None;
+        }
         let target = fs::read_link(self.root.join(pid.to_string()).join(what)).ok()?;
         Some(target.to_string_lossy().into_owned())
     }
 
     /// Every process alive now, for the table's seed. Processes that vanish mid-scan are skipped.
+    /// Empty outside the host's PID namespace: those pids are not the ones records carry.
     pub fn scan(&self, ctx: &HostContext) -> Vec<ProcessInfo> {
+        if !self.host_pids {
+            return Vec::new();
+        }
         let Ok(entries) = fs::read_dir(&self.root) else {
             return Vec::new();
         };
@@ -75,12 +88,6 @@ fn effective_uid(status: &str) -> Option<u32> {
         .ok()
 }
 
-impl Default for ProcFs {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl SystemView for ProcFs {
     fn working_directory(&self, pid: u32) -> Option<String> {
         self.read_link(pid, "cwd")
@@ -96,6 +103,9 @@ impl SystemView for ProcFs {
     }
 
     fn cgroup_path(&self, pid: u32) -> Option<String> {
+        if !self.host_pids {
+            return None;
+        }
         let text = fs::read_to_string(self.root.join(pid.to_string()).join("cgroup")).ok()?;
         // cgroup v2 line is "0::/path"; on hybrid hosts take the longest path, the most specific.
         text.lines()
@@ -223,7 +233,7 @@ mod tests {
 
     #[test]
     fn our_own_process_seeds_with_its_real_facts() {
-        let procfs = ProcFs::new();
+        let procfs = ProcFs::new(true);
         let ctx = host_context();
         let me = std::process::id();
         let seed = procfs.scan(&ctx);
@@ -240,5 +250,18 @@ mod tests {
             mine.working_directory.as_deref(),
             Some(std::env::current_dir().unwrap().to_str().unwrap())
         );
+    }
+
+    #[test]
+    fn outside_the_host_namespace_no_pid_is_looked_up() {
+        let procfs = ProcFs::new(false);
+        let me = std::process::id();
+        assert!(procfs.scan(&host_context()).is_empty());
+        assert_eq!(procfs.executable(me), None);
+        assert_eq!(procfs.working_directory(me), None);
+        assert_eq!(procfs.cgroup_path(me), None);
+        assert_eq!(procfs.fd_path(me, 0), None);
+        // Names of ids are not pids: they still resolve.
+        assert_eq!(procfs.user_name(0).as_deref(), Some("root"));
     }
 }

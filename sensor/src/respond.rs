@@ -42,11 +42,13 @@ pub fn kill_paths(rules: &RuleSet) -> Vec<KillPath> {
 #[derive(Debug)]
 pub struct Responder {
     ctx: HostContext,
+    /// Whether the sensor can address host pids (see [`crate::pidns::PidNamespace::host`]).
+    host_pids: bool,
 }
 
 impl Responder {
-    pub fn new(ctx: HostContext) -> Self {
-        Self { ctx }
+    pub fn new(ctx: HostContext, host_pids: bool) -> Self {
+        Self { ctx, host_pids }
     }
 
     /// Kills the process of `event` unless the kernel already did, and says what happened.
@@ -81,6 +83,13 @@ impl Responder {
 
     fn kill_from_userspace(&self, event: &Event) -> Result<(), String> {
         let pid = event.process.pid;
+        if !self.host_pids {
+            // The pid is the host's number: here it names another process, or none.
+            return Err(format!(
+                "the sensor runs outside the host PID namespace: pid {pid} is not addressable \
+                 from here (run it with --pid=host / hostPID)"
+            ));
+        }
         let pidfd = pidfd_open(pid).map_err(|e| match e.raw_os_error() {
             Some(libc::ESRCH) => "the process had already exited".to_owned(),
             _ => format!("pidfd_open({pid}): {e}"),

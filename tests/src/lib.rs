@@ -1,7 +1,7 @@
 //! Harness for the end-to-end tier: find the built binaries, run them as real processes, collect
 //! their output, and always stop them (SIGTERM, then SIGKILL) even when a test fails.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -274,4 +274,31 @@ pub fn start_sensor(args: &[&str]) -> Proc {
     let mut sensor = Proc::spawn("vigil-sensor", cmd);
     sensor.wait_stderr("sensor running", Duration::from_secs(30));
     sensor
+}
+
+/// A loopback TCP port nobody is listening on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// GET /metrics, returning the body.
+pub fn scrape(address: std::net::SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(address)
+        .unwrap_or_else(|e| panic!("connect to metrics endpoint {address}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send scrape");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read scrape");
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }

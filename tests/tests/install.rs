@@ -45,10 +45,10 @@ const CONTAINER_ADJUSTMENTS: &[&str] = &[
      and the sensor unit, without CAP_SYS_ADMIN, cannot mount tracefs itself: the test mounts \
      it in the container after boot, as systemd does on a host",
     "the container has its own PID namespace (systemd must be its PID 1) while the kernel \
-     programs report host PIDs and the sensor gives the kernel its own PID as the container \
-     sees it: inside a container the sensor does not recognise itself, sees every process of \
-     the host, and looks up host PIDs in the container's /proc; the alert is matched by a \
-     marker in its command line, which the exec record carries from the kernel",
+     programs report host PIDs: the sensor learns its host PID from a program of its own, says it \
+     runs outside the host PID namespace, and attaches nothing looked up in the container's \
+     /proc by a host PID (tests/tests/pid_namespace.rs); the alert is matched by a marker in \
+     its command line, which the exec record carries from the kernel",
 ];
 
 /// The fenced ```sh block under the install heading, without its build command.
@@ -365,6 +365,14 @@ fn the_readme_install_section_followed_word_for_word_in_a_debian_root_works() {
          start would depend on doctor having run first"
     );
 
+    // The container is a PID namespace of its own: `doctor` (run by the README) says so, and
+    // so does the running sensor (below), rather than attach the container's /proc data to host pids.
+    assert!(
+        said.contains("WARN  pid namespace: running outside the host PID namespace (host pid ")
+            && !said.contains("host pid unknown"),
+        "doctor does not say it runs outside the host PID namespace:\n{said}"
+    );
+
     // Both units run from the shipped unit files, with no local override.
     for unit in ["vigil-collector", "vigil-sensor"] {
         let out = machine.nsenter(&["systemctl", "show", "-p", "DropInPaths", "--value", unit]);
@@ -397,6 +405,12 @@ fn the_readme_install_section_followed_word_for_word_in_a_debian_root_works() {
         )
     };
     assert_eq!(sensor["status"]["host"], SENSOR, "{sensor}");
+    let journal = text(&machine.nsenter(&["journalctl", "--no-pager", "-u", "vigil-sensor"]));
+    assert!(
+        journal.contains("running outside the host PID namespace (host pid ")
+            && !journal.contains("host pid unknown"),
+        "the sensor did not warn that it runs outside the host PID namespace:\n{journal}"
+    );
 
     // A real exec in the root that the shipped pack flags: a text utility reading
     // /etc/shadow, with a marker file in its command line to tell this run's alert apart.

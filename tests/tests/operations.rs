@@ -2,8 +2,8 @@
 //! whose new rule then fires all the way to the collector; Prometheus endpoints on both that
 //! `promtool check metrics` accepts; broken configs that stop start-up naming file, line, key.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,16 +11,9 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vigil_tests::{
-    bin, certs, json_lines, marker, poll_until, require_root, start_collector, start_sensor, Proc,
+    bin, certs, free_port, json_lines, marker, poll_until, require_root, scrape, start_collector,
+    start_sensor, Proc,
 };
-
-/// A loopback TCP port nobody is listening on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 fn rule(title: &str, id: &str, marker: &str) -> String {
     format!(
@@ -37,25 +30,6 @@ detection:
   condition: selection
 "#
     )
-}
-
-/// GET /metrics, returning the body.
-fn scrape(address: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(address)
-        .unwrap_or_else(|e| panic!("connect to metrics endpoint {address}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send scrape");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read scrape");
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
 }
 
 fn promtool_check(what: &str, exposition: &str) {
@@ -236,6 +210,8 @@ fn sighup_reloads_rules_the_new_rule_fires_to_the_collector_and_metrics_pass_pro
         "vigil_sensor_rule_hits_total{rule=\"0c5c1f4e-2b7a-4d1e-9a53-6f2f0a7d1a02\"} 1",
         "vigil_sensor_events_total{kind=\"exec\"}",
         "vigil_sensor_drops_total{reason=\"ringbuf_full\",stage=\"kernel\"}",
+        // Started by the test, in the host's PID namespace.
+        "vigil_sensor_host_pid_namespace 1\n",
     ] {
         assert!(
             sensor_text.contains(needle),
@@ -416,6 +392,12 @@ fn doctor_gives_a_verdict_per_check_and_fails_on_a_collector_it_cannot_trust() {
     }
     assert_eq!(
         doctor_line(&stdout, "btf").map(|l| l.0),
+        Some("OK"),
+        "{stdout}"
+    );
+    // The test runs in the host's PID namespace (tests/tests/pid_namespace.rs covers outside).
+    assert_eq!(
+        doctor_line(&stdout, "pid namespace").map(|l| l.0),
         Some("OK"),
         "{stdout}"
     );
