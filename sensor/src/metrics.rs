@@ -28,6 +28,7 @@ pub struct SensorMetrics {
     central_refusals: IntCounterVec,
     batches_acked: IntCounter,
     hooks: IntGaugeVec,
+    late_records: IntCounterVec,
 }
 
 impl SensorMetrics {
@@ -95,6 +96,18 @@ impl SensorMetrics {
             &["event", "hook"],
         )?;
         registry.register(Box::new(hooks.clone()))?;
+        let late_records = IntCounterVec::new(
+            Opts::new(
+                "vigil_sensor_late_records_total",
+                "Kernel records enriched after a newer record of the other ring buffer (lane), \
+                 by lane: out of time order, still delivered.",
+            ),
+            &["lane"],
+        )?;
+        for lane in ["critical", "bulk"] {
+            late_records.with_label_values(&[lane]);
+        }
+        registry.register(Box::new(late_records.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(drops.clone()))?;
         registry.register(Box::new(rule_hits.clone()))?;
@@ -121,6 +134,7 @@ impl SensorMetrics {
             central_rules_version,
             central_refusals,
             batches_acked,
+            late_records,
         })
     }
 
@@ -173,6 +187,15 @@ impl SensorMetrics {
         self.central_refusals.clone()
     }
 
+    /// `total` is the merge's running count for `lane`; only its growth is added.
+    pub fn late_records(&self, lane: &str, total: u64) {
+        let counter = self.late_records.with_label_values(&[lane]);
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+
     /// `total` is the shipper's running count; only its growth is added.
     pub fn batches_acked(&self, total: u64) {
         let seen = self.batches_acked.get();
@@ -197,6 +220,7 @@ mod tests {
         metrics.rules_loaded(7);
         metrics.batches_acked(5);
         metrics.batches_acked(3);
+        metrics.late_records("bulk", 2);
         let text = vigil_ops::metrics_endpoint::exposition(&metrics.registry()).expect("encode");
         for line in [
             "vigil_sensor_events_total{kind=\"exec\"} 2",
@@ -206,6 +230,8 @@ mod tests {
             "vigil_sensor_rule_hits_total{rule=\"vigil-test-rule\"} 1",
             "vigil_sensor_rules_loaded 7",
             "vigil_sensor_batches_acked_total 5",
+            "vigil_sensor_late_records_total{lane=\"bulk\"} 2",
+            "vigil_sensor_late_records_total{lane=\"critical\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
