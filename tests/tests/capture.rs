@@ -498,20 +498,27 @@ fn an_open_just_before_an_exec_belongs_to_the_image_before_the_exec() {
             (pid, marker)
         })
         .collect();
+    // NB: an exec event waits (up to 500 ms) for its executable's hash, so it can be printed
+    // after its process's exit: wait for both.
     let events = poll_until(Duration::from_secs(20), || {
         let events = json_lines(&sensor.stdout_lines());
         children
             .iter()
-            .all(|(pid, _)| {
-                events
-                    .iter()
-                    .any(|e| e["process"]["pid"] == *pid && e["event"]["action"] == "exit")
+            .all(|(pid, marker)| {
+                let mine = |action: &str| {
+                    events.iter().any(|e| {
+                        e["process"]["pid"] == *pid
+                            && e["event"]["action"] == action
+                            && (action != "exec" || e["process"]["args"][1] == marker.as_str())
+                    })
+                };
+                mine("exec") && mine("exit")
             })
             .then_some(events)
     })
     .unwrap_or_else(|| {
         panic!(
-            "not every child's exit was reported; sensor stderr:\n{}",
+            "not every child's exec and exit were reported; sensor stderr:\n{}",
             sensor.stderr_text()
         )
     });
