@@ -480,9 +480,10 @@ impl<V: SystemView> Enricher<V> {
 
     fn exit(&mut self, subject: Subject, status: u32) -> Event {
         self.names.forget_process(subject.tgid);
-        // NB: records reach this stage in time order (see `crate::merge`), so the process's
-        // io_uring records, stamped at submission and cancelled or completed in do_exit before
-        // the exit tracepoint, came before its exit.
+        // Records reach this stage in time order (see `crate::merge`): the exiting leader's
+        // io_uring requests, stamped at submission and completed or cancelled early in
+        // do_exit (io_uring_files_cancel waits for them), came before its exit. NB: requests of
+        // another thread still in flight when the leader exits come after, without a file name.
         self.open_files.remove(&subject.tgid);
         let info = self
             .table
