@@ -29,8 +29,9 @@
 //! `max_bulk_ahead` of them (see [`LaneMerge::new`]; the sensor uses [`MAX_BULK_AHEAD`]). Past
 //! that bound it goes first, and the older bulk records still in the ring follow it, late. So
 //! with the bulk ring full (a flood the sensor cannot keep up with), an exec waits behind at
-//! most 1024 opens, not behind a whole ring of them; when the sensor keeps up, the bound is
-//! never reached and the order is exact. Bulk records wait for older critical records without a
+//! most 1024 opens, not behind a whole ring of them; while the sensor keeps up, the bulk ring
+//! holds far fewer, the bound is not reached, and each thread's records come in the order the
+//! thread made them. Bulk records wait for older critical records without a
 //! bound: that lane is the one meant to yield.
 
 use std::ops::Deref;
