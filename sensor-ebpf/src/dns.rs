@@ -8,7 +8,8 @@
 //! exit, from the first message (sendmmsg/recvmmsg) and its first iovec, at most
 //! `DNS_PAYLOAD_CAP` bytes; userspace parses them. Records go to the critical lane, with
 //! connects: userspace names a connect after an earlier answer, which it must have read
-//! first, and order holds only within one lane. Lookups are few next to file events.
+//! first. Userspace merges the lanes by time (sensor/src/merge.rs), but past its bound a
+//! flooded bulk lane falls behind, and lookups are few next to file events.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},

@@ -15,6 +15,7 @@ use vigil_common::{kind, SensorConfig, SocketOffsets, SyscallSpec, KILL_PATH_LEN
 use vigil_proto::EventAction;
 
 use crate::config::ExecHook;
+use crate::merge::{LaneMerge, LateCounts, MAX_BULK_AHEAD};
 use crate::offsets::{self, OffsetError};
 use crate::pidns::{self, PidNamespace};
 use crate::syscalls;
@@ -174,6 +175,8 @@ pub struct Capture {
     // programs, so nothing is left half-attached.
     critical: AsyncFd<RingBuf<MapData>>,
     bulk: AsyncFd<RingBuf<MapData>>,
+    /// Puts the two lanes' records in time order.
+    merge: LaneMerge,
     /// The last drain stopped at its budget with records left: do not wait for a wakeup.
     backlog: bool,
     /// The kernel's `POLLING` flag: while set, producers write without waking us and we poll
@@ -324,6 +327,7 @@ impl Capture {
         Ok(Self {
             critical,
             bulk,
+            merge: LaneMerge::new(MAX_BULK_AHEAD),
             backlog: false,
             polling,
             is_polling: false,
@@ -420,9 +424,9 @@ impl Capture {
         Ok(())
     }
 
-    /// Waits until records are ready, then passes them to `sink`, the critical lane first, at
-    /// most `budget` in all (so one burst cannot starve the rest of the sensor). Returns how
-    /// many it passed.
+    /// Waits until records are ready, then passes them to `sink` in the order they happened
+    /// (both lanes merged by kernel time, see [`crate::merge`]), at most `budget` (so one burst
+    /// cannot starve the rest of the sensor). Returns how many it passed.
     ///
     /// Wakes adaptively: while records keep coming it polls every [`POLL_INTERVAL`] and the
     /// programs write without waking it (one wakeup per record capped a ring buffer at ~0.8 M
@@ -449,11 +453,12 @@ impl Capture {
                 }
             }
         }
-        let mut passed = 0;
-        for ring in [&mut self.critical, &mut self.bulk] {
-            let ring = ring.get_mut();
-            while passed < budget {
-                let Some(record) = ring.next() else { break };
+        let received = &mut self.received;
+        let passed = self.merge.drain(
+            self.critical.get_mut(),
+            self.bulk.get_mut(),
+            budget,
+            |_, record| {
                 if let Some(kind_bytes) = record.get(..4) {
                     let record_kind = u32::from_ne_bytes([
                         kind_bytes[0],
@@ -461,15 +466,15 @@ impl Capture {
                         kind_bytes[2],
                         kind_bytes[3],
                     ]);
-                    if let Some(slot) = self.received.get_mut(record_kind as usize) {
+                    if let Some(slot) = received.get_mut(record_kind as usize) {
                         *slot += 1;
                     }
                 }
-                sink(&record);
-                passed += 1;
-            }
-        }
-        self.backlog = passed >= budget;
+                sink(record);
+            },
+        );
+        // A record held by the merge (the budget ran out) must not wait for a wakeup.
+        self.backlog = passed >= budget || self.merge.holds();
         match (passed > 0, self.is_polling) {
             (true, false) => self.set_polling(true),
             (false, true) => {
@@ -505,6 +510,11 @@ impl Capture {
         }
         counters.received = self.received;
         counters
+    }
+
+    /// Records passed on after a newer record of the other lane (see [`crate::merge`]).
+    pub fn late(&self) -> LateCounts {
+        self.merge.late()
     }
 }
 

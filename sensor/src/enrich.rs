@@ -139,10 +139,6 @@ pub struct Enricher<V> {
     /// Files the kernel reported opened, per tgid by fd: names the file of an io_uring request
     /// when the process is already gone from /proc. Forgotten at exit; bounded.
     open_files: HashMap<u32, HashMap<i32, String>>,
-    /// Processes whose exit was seen, oldest first, with when: their open files are forgotten
-    /// only after [`OPEN_FILES_GRACE`], because the exit comes on the critical lane and may be
-    /// read before the process's last io_uring records on the bulk lane.
-    exited: std::collections::VecDeque<(std::time::Instant, u32)>,
     /// Container of each cgroup seen, by the kernel's cgroup id: reading /proc/PID/cgroup for
     /// every event was three syscalls and a parse per event. A cgroup id names one cgroup
     /// (its directory's inode) for as long as it exists, so its container never changes.
@@ -152,8 +148,6 @@ pub struct Enricher<V> {
 /// Open files remembered per process, and processes with remembered files, at most.
 const OPEN_FILES_PER_PROCESS: usize = 256;
 const OPEN_FILES_PROCESSES: usize = 8192;
-/// How long an exited process's open files stay known (see `Enricher::exited`).
-const OPEN_FILES_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Cgroups remembered before the container cache starts over (a host has far fewer live).
 const CONTAINER_CACHE: usize = 4096;
 
@@ -167,7 +161,6 @@ impl<V: SystemView> Enricher<V> {
             file_prefixes: None,
             names: ResolvedNames::default(),
             open_files: HashMap::new(),
-            exited: std::collections::VecDeque::new(),
             containers: HashMap::new(),
         }
     }
@@ -443,9 +436,11 @@ impl<V: SystemView> Enricher<V> {
         let mut event = self.event(EventAction::Exec, &subject, &info);
         event.process.args_truncated = args_truncated;
         // A set-user-ID image (or file capabilities) changed who the process acts as. The table
-        // may not know yet: a setuid() just before the exec comes on the bulk lane and can be
-        // read after this exec (critical lane). An effective uid that differs from the real one
-        // right after exec is then the sign, with the real uid as the one it acted as before.
+        // knows the euid from the process's last record, but not always the one it ran as just
+        // before the exec: the setuid family is attached only when a rule or setting reads it
+        // (`capture_kinds`), and a process can start while records are lost. An effective uid
+        // that differs from the real one right after exec is then the sign, with the real uid
+        // as the one it acted as before.
         let previous_euid = previous_euid
             .filter(|p| *p != subject.euid)
             .or_else(|| (subject.uid != subject.euid).then_some(subject.uid));
@@ -485,18 +480,11 @@ impl<V: SystemView> Enricher<V> {
 
     fn exit(&mut self, subject: Subject, status: u32) -> Event {
         self.names.forget_process(subject.tgid);
-        let now = std::time::Instant::now();
-        while let Some(&(at, tgid)) = self.exited.front() {
-            if now.duration_since(at) < OPEN_FILES_GRACE && self.exited.len() < OPEN_FILES_PROCESSES
-            {
-                break;
-            }
-            self.exited.pop_front();
-            self.open_files.remove(&tgid);
-        }
-        if self.open_files.contains_key(&subject.tgid) {
-            self.exited.push_back((now, subject.tgid));
-        }
+        // Records reach this stage in time order (see `crate::merge`): the exiting leader's
+        // io_uring requests, stamped at submission and completed or cancelled early in
+        // do_exit (io_uring_files_cancel waits for them), came before its exit. NB: requests of
+        // another thread still in flight when the leader exits come after, without a file name.
+        self.open_files.remove(&subject.tgid);
         let info = self
             .table
             .remove(&subject.tgid)

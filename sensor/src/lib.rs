@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod enrich;
 pub mod enroll;
 pub mod hashing;
+pub mod merge;
 pub mod metrics;
 pub mod offsets;
 pub mod pidns;
@@ -765,6 +766,9 @@ fn report_counters(
             + stats.queue_alerts_dropped.load(Ordering::Relaxed),
     );
     metrics.batches_acked(stats.batches_acked.load(Ordering::Relaxed));
+    let late = capture.late();
+    metrics.late_records("critical", late.critical);
+    metrics.late_records("bulk", late.bulk);
     let now = Reported {
         events_dropped: stats.events_dropped.load(Ordering::Relaxed),
         alerts_dropped: stats.alerts_dropped.load(Ordering::Relaxed),

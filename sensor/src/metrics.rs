@@ -29,6 +29,7 @@ pub struct SensorMetrics {
     batches_acked: IntCounter,
     hooks: IntGaugeVec,
     host_pid_namespace: IntGauge,
+    late_records: IntCounterVec,
 }
 
 impl SensorMetrics {
@@ -103,6 +104,18 @@ impl SensorMetrics {
              looked up in /proc by pid.",
         )?;
         registry.register(Box::new(host_pid_namespace.clone()))?;
+        let late_records = IntCounterVec::new(
+            Opts::new(
+                "vigil_sensor_late_records_total",
+                "Kernel records enriched after a newer record of the other ring buffer (lane), \
+                 by lane: out of time order, still delivered.",
+            ),
+            &["lane"],
+        )?;
+        for lane in ["critical", "bulk"] {
+            late_records.with_label_values(&[lane]);
+        }
+        registry.register(Box::new(late_records.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(drops.clone()))?;
         registry.register(Box::new(rule_hits.clone()))?;
@@ -130,6 +143,7 @@ impl SensorMetrics {
             central_refusals,
             batches_acked,
             host_pid_namespace,
+            late_records,
         })
     }
 
@@ -187,6 +201,15 @@ impl SensorMetrics {
         self.central_refusals.clone()
     }
 
+    /// `total` is the merge's running count for `lane`; only its growth is added.
+    pub fn late_records(&self, lane: &str, total: u64) {
+        let counter = self.late_records.with_label_values(&[lane]);
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+
     /// `total` is the shipper's running count; only its growth is added.
     pub fn batches_acked(&self, total: u64) {
         let seen = self.batches_acked.get();
@@ -212,6 +235,7 @@ mod tests {
         metrics.batches_acked(5);
         metrics.batches_acked(3);
         metrics.pid_namespace(false);
+        metrics.late_records("bulk", 2);
         let text = vigil_ops::metrics_endpoint::exposition(&metrics.registry()).expect("encode");
         for line in [
             "vigil_sensor_events_total{kind=\"exec\"} 2",
@@ -222,6 +246,8 @@ mod tests {
             "vigil_sensor_rules_loaded 7",
             "vigil_sensor_batches_acked_total 5",
             "vigil_sensor_host_pid_namespace 0",
+            "vigil_sensor_late_records_total{lane=\"bulk\"} 2",
+            "vigil_sensor_late_records_total{lane=\"critical\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

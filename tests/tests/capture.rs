@@ -402,6 +402,153 @@ fn a_flooded_bulk_lane_counts_every_loss_reports_it_in_band_and_never_costs_an_e
     );
 }
 
+/// Every event of `pid`, in the order the sensor printed them, with their positions.
+fn events_of(events: &[Value], pid: u32) -> Vec<(usize, &Value)> {
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["process"]["pid"] == pid)
+        .collect()
+}
+
+#[test]
+fn an_open_just_before_exit_comes_before_the_exit_with_its_process() {
+    require_root();
+    // The open goes to the bulk lane, the exit a moment later to the critical lane: the sensor
+    // must enrich them in that order, or the open finds its process already gone.
+    let watched = tempfile::tempdir().expect("tempdir");
+    let file = watched.path().join("read-then-exit");
+    std::fs::write(&file, b"x").expect("write");
+    let file = file.to_str().expect("utf-8").to_owned();
+    let config = config(watched.path(), &[watched.path()], None);
+    let sensor = start_sensor(&["--config", &config]);
+    let me = std::process::id();
+    let my_exe = std::env::current_exe().expect("own executable");
+    let runs = 200;
+    let children: Vec<(u32, String)> = (0..runs)
+        .map(|i| {
+            let marker = format!("vigil-order-{i}-{me}");
+            let (pid, _) = act(&["open-many", &file, "1", &marker]);
+            (pid, marker)
+        })
+        .collect();
+    let events = poll_until(Duration::from_secs(20), || {
+        let events = json_lines(&sensor.stdout_lines());
+        children
+            .iter()
+            .all(|(pid, _)| {
+                events
+                    .iter()
+                    .any(|e| e["process"]["pid"] == *pid && e["event"]["action"] == "exit")
+            })
+            .then_some(events)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not every child's exit was reported; sensor stderr:\n{}",
+            sensor.stderr_text()
+        )
+    });
+    for (pid, marker) in &children {
+        let mine = events_of(&events, *pid);
+        let position = |action: &str| {
+            mine.iter()
+                .find(|(_, e)| {
+                    e["event"]["action"] == action
+                        && (action != "open" || e["file"]["path"] == file.as_str())
+                })
+                .unwrap_or_else(|| panic!("no {action} of pid {pid} in {mine:?}"))
+        };
+        let (open_at, open) = position("open");
+        let (exit_at, _) = position("exit");
+        assert!(
+            open_at < exit_at,
+            "pid {pid}: open at line {open_at} after its exit at line {exit_at}"
+        );
+        assert_eq!(open["process"]["executable"], ACTOR, "{open}");
+        assert_eq!(
+            open["process"]["command_line"],
+            format!("{ACTOR} open-many {file} 1 {marker}"),
+            "{open}"
+        );
+        assert_eq!(open["process"]["parent"]["pid"], me, "{open}");
+        assert_eq!(
+            open["process"]["parent"]["executable"],
+            my_exe.to_str().expect("utf-8"),
+            "{open}"
+        );
+    }
+}
+
+#[test]
+fn an_open_just_before_an_exec_belongs_to_the_image_before_the_exec() {
+    require_root();
+    let watched = tempfile::tempdir().expect("tempdir");
+    let file = watched.path().join("read-then-exec");
+    std::fs::write(&file, b"x").expect("write");
+    let file = file.to_str().expect("utf-8").to_owned();
+    let config = config(watched.path(), &[watched.path()], None);
+    let sensor = start_sensor(&["--config", &config]);
+    let me = std::process::id();
+    let runs = 100;
+    let children: Vec<(u32, String)> = (0..runs)
+        .map(|i| {
+            let marker = format!("vigil-exec-order-{i}-{me}");
+            let (pid, _) = act(&["open-then-exec", &file, "/bin/true", &marker]);
+            (pid, marker)
+        })
+        .collect();
+    // NB: an exec event waits (up to 500 ms) for its executable's hash, so it can be printed
+    // after its process's exit: wait for both.
+    let events = poll_until(Duration::from_secs(20), || {
+        let events = json_lines(&sensor.stdout_lines());
+        children
+            .iter()
+            .all(|(pid, marker)| {
+                let mine = |action: &str| {
+                    events.iter().any(|e| {
+                        e["process"]["pid"] == *pid
+                            && e["event"]["action"] == action
+                            && (action != "exec" || e["process"]["args"][1] == marker.as_str())
+                    })
+                };
+                mine("exec") && mine("exit")
+            })
+            .then_some(events)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not every child's exec and exit were reported; sensor stderr:\n{}",
+            sensor.stderr_text()
+        )
+    });
+    for (pid, marker) in &children {
+        let mine = events_of(&events, *pid);
+        let (open_at, open) = mine
+            .iter()
+            .find(|(_, e)| e["event"]["action"] == "open" && e["file"]["path"] == file.as_str())
+            .unwrap_or_else(|| panic!("no open of pid {pid} in {mine:?}"));
+        let (exec_at, exec) = mine
+            .iter()
+            .find(|(_, e)| {
+                e["event"]["action"] == "exec" && e["process"]["args"][1] == marker.as_str()
+            })
+            .unwrap_or_else(|| panic!("no exec of /bin/true by pid {pid} in {mine:?}"));
+        assert!(
+            open_at < exec_at,
+            "pid {pid}: open at line {open_at} after the exec at line {exec_at}"
+        );
+        assert_eq!(exec["process"]["executable"], "/bin/true", "{exec}");
+        assert_eq!(open["process"]["executable"], ACTOR, "{open}");
+        assert_eq!(
+            open["process"]["command_line"],
+            format!("{ACTOR} open-then-exec {file} /bin/true {marker}"),
+            "{open}"
+        );
+        assert_eq!(open["process"]["parent"]["pid"], me, "{open}");
+    }
+}
+
 /// The answer the test's resolver gives for [`DNS_NAME`]: on loopback, but not the resolver's
 /// own address, so a connect can only carry the name through the answer.
 const DNS_ANSWER: [u8; 4] = [127, 0, 0, 2];

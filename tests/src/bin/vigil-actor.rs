@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         "resolve-connect" => resolve_connect(arg(1), arg(2)),
         "dns-sendto" => dns_sendto(arg(1), arg(2)),
         "exec-as-nobody" => exec_as_nobody(arg(1), arg(2)),
+        "open-then-exec" => open_then_exec(arg(1), arg(2), arg(3)),
         "uring-write-read" => uring_write_read(arg(1)),
         other => Err(format!("unknown operation {other:?}")),
     };
@@ -283,6 +284,15 @@ fn dns_sendto(resolver: &str, name: &str) -> Result<(), String> {
 
 /// Drops every uid to 65534 (nobody), then execs PATH with one argument, MARKER: with a
 /// set-user-ID root PATH, the exec makes the process root again.
+/// Opens `path`, then at once replaces itself with `program` (argv: `program marker`).
+fn open_then_exec(path: &str, program: &str, marker: &str) -> Result<(), String> {
+    drop(std::fs::File::open(path).map_err(|e| e.to_string())?);
+    let program = CString::new(program).map_err(|e| e.to_string())?;
+    let marker = CString::new(marker).map_err(|e| e.to_string())?;
+    nix::unistd::execv(&program, &[program.clone(), marker]).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 fn exec_as_nobody(path: &str, marker: &str) -> Result<(), String> {
     let nobody = nix::unistd::Uid::from_raw(65534);
     nix::unistd::setresuid(nobody, nobody, nobody).map_err(|e| e.to_string())?;
