@@ -154,7 +154,12 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     }
     if op <= dns_op::SENDMMSG {
         let (name, name_len, buf, len) = if op == dns_op::SENDTO {
-            (record.args[4], record.args[5] as u32, record.args[1], record.args[2])
+            (
+                record.args[4],
+                record.args[5] as u32,
+                record.args[1],
+                record.args[2],
+            )
         } else {
             // sendmmsg's first `struct mmsghdr` starts with its msghdr.
             msghdr(record.args[1])?

@@ -81,7 +81,7 @@ fn emit_open(file: *const u8) -> Option<()> {
     // SAFETY: a probe read of the traced file's flags.
     let f_flags = unsafe {
         aya_ebpf::helpers::bpf_probe_read_kernel(
-            file.wrapping_add(offsets.file_f_flags as usize) as *const u32,
+            file.wrapping_add(offsets.file_f_flags as usize) as *const u32
         )
     }
     .unwrap_or(0);
