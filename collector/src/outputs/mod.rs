@@ -460,3 +460,79 @@ async fn deliver_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_proto::{Alert, Level, RuleInfo, Timestamp};
+
+    fn alert(id: i64, level: Level) -> StoredAlert {
+        StoredAlert {
+            id,
+            sensor: "web-01".into(),
+            received: Timestamp(0),
+            alert: Alert {
+                rule: RuleInfo {
+                    id: "r-1".into(),
+                    title: format!("alert {id}"),
+                    level,
+                    tags: Vec::new(),
+                    description: None,
+                    author: None,
+                },
+                event: Default::default(),
+                dedup: None,
+                correlation: None,
+                response: None,
+                loss: None,
+            },
+        }
+    }
+
+    /// A route for high alerts that holds two, done with everything up to `start`.
+    fn route(start: i64) -> RouteQueue {
+        RouteQueue {
+            name: "test".into(),
+            filter: AlertFilter {
+                min_severity: Some(Level::High),
+                ..Default::default()
+            },
+            capacity: 2,
+            state: Mutex::new(QueueState {
+                alerts: VecDeque::new(),
+                offered: start,
+            }),
+            saved: AtomicI64::new(start),
+            wake: Notify::new(),
+        }
+    }
+
+    fn deliver_head(route: &RouteQueue) -> Option<i64> {
+        route.lock().alerts.pop_front().map(|a| a.id)
+    }
+
+    #[test]
+    fn a_cursor_never_passes_an_alert_still_waiting_for_delivery() {
+        let route = route(10);
+        assert_eq!(route.cursor(), 10);
+        // Refused by the filter: done with it at once.
+        route.offer(&alert(11, Level::Low));
+        assert_eq!(route.cursor(), 11);
+        // Queued: the cursor waits for it, whatever comes after.
+        route.offer(&alert(12, Level::High));
+        route.offer(&alert(13, Level::Low));
+        assert_eq!(route.cursor(), 11);
+        // Already passed (a catch-up overlapping the live feed): not queued again.
+        route.offer(&alert(12, Level::High));
+        route.offer(&alert(9, Level::High));
+        assert_eq!(route.lock().alerts.len(), 1);
+        // A full queue drops its oldest, which counts as done with (the drop is counted).
+        route.offer(&alert(14, Level::High));
+        route.offer(&alert(15, Level::Critical));
+        assert_eq!(route.cursor(), 13);
+        assert_eq!(deliver_head(&route), Some(14));
+        assert_eq!(route.cursor(), 14);
+        assert_eq!(deliver_head(&route), Some(15));
+        assert_eq!(route.cursor(), 15);
+    }
+}
