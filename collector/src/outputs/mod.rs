@@ -46,6 +46,9 @@ const WARN_FAILURES: u64 = 3;
 /// How often an idle route records a cursor that moved past alerts its filter refused.
 const IDLE_CURSOR_SAVE: Duration = Duration::from_secs(1);
 
+/// A cursor write that takes longer than this counts as failed (and is retried).
+const CURSOR_SAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The running outputs; [`Outputs::stop`] ends their tasks.
 pub struct Outputs {
     stop: watch::Sender<bool>,
@@ -279,16 +282,25 @@ impl RouteQueue {
             if cursor <= self.saved.load(Ordering::Relaxed) {
                 return true;
             }
-            match cursors.session.save_cursor(&self.name, cursor).await {
-                Ok(()) => {
-                    self.saved.fetch_max(cursor, Ordering::Relaxed);
-                    return true;
-                }
-                Err(e) => {
-                    warn!(output = %self.name, "output {} cannot record how far it got: {e}", self.name);
-                    cursors.trouble.notify_one();
-                }
-            }
+            // NB: bounded, and given up at the end of the term: a leader cut off from the
+            // database must not hang here while its term is being ended.
+            let write = tokio::time::timeout(
+                CURSOR_SAVE_TIMEOUT,
+                cursors.session.save_cursor(&self.name, cursor),
+            );
+            let why = tokio::select! {
+                written = write => match written {
+                    Ok(Ok(())) => {
+                        self.saved.fetch_max(cursor, Ordering::Relaxed);
+                        return true;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {CURSOR_SAVE_TIMEOUT:?}"),
+                },
+                _ = stop.changed() => return false,
+            };
+            warn!(output = %self.name, "output {} cannot record how far it got: {why}", self.name);
+            cursors.trouble.notify_one();
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 _ = stop.changed() => return false,
@@ -348,7 +360,11 @@ async fn catch_up(
     let mut last = after;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store.alerts_after(last, CATCH_UP_PAGE).await {
+        let page = tokio::select! {
+            page = store.alerts_after(last, CATCH_UP_PAGE) => page,
+            _ = stop.changed() => return None,
+        };
+        match page {
             Ok(page) => {
                 let full = page.len() == CATCH_UP_PAGE as usize;
                 for alert in page {
