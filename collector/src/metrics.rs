@@ -28,6 +28,7 @@ pub struct CollectorMetrics {
     outputs: OutputMetrics,
     rules_version: IntGauge,
     sensor_rules_version: IntGaugeVec,
+    outputs_leader: IntGauge,
 }
 
 /// Per alert output (label `output`: the route's name in collector.yaml).
@@ -125,6 +126,12 @@ impl CollectorMetrics {
             ),
             &["sensor"],
         )?;
+        let outputs_leader = IntGauge::new(
+            "vigil_collector_outputs_leader",
+            "1 while this collector forwards alerts to the outputs: always with SQLite; with \
+             PostgreSQL, the one collector of those sharing the database that holds the lead.",
+        )?;
+        registry.register(Box::new(outputs_leader.clone()))?;
         registry.register(Box::new(rules_version.clone()))?;
         registry.register(Box::new(sensor_rules_version.clone()))?;
         registry.register(Box::new(ingested.clone()))?;
@@ -143,6 +150,7 @@ impl CollectorMetrics {
             outputs,
             rules_version,
             sensor_rules_version,
+            outputs_leader,
         })
     }
 
@@ -155,6 +163,10 @@ impl CollectorMetrics {
         self.sensor_rules_version
             .with_label_values(&[sensor])
             .set(version.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)));
+    }
+
+    pub fn outputs_leader(&self, leads: bool) {
+        self.outputs_leader.set(i64::from(leads));
     }
 
     /// Makes every series of output `name` visible (at zero) from the start.

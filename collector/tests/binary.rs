@@ -3,95 +3,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use support::process::Process;
 use support::{Peer, Pki};
 use vigil_cli::certs;
 use vigil_proto::transport::{self, Role};
 use vigil_proto::{AlertQuery, Reply, Request, Timestamp};
-
-/// The collector process, killed if the test fails before stopping it.
-struct Process {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil-collector"))
-            .args(args)
-            .env_remove("VIGIL_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start vigil-collector");
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let (lines, stderr) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stderr,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Blocks until a stderr line contains every one of `parts`, and returns it.
-    fn wait_for_line(&mut self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + support::DEADLINE;
-        loop {
-            if let Some(line) = self
-                .seen
-                .iter()
-                .find(|l| parts.iter().all(|p| l.contains(p)))
-            {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!(
-                    "no stderr line with {parts:?} within {:?}; stderr so far:\n{}",
-                    support::DEADLINE,
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn wait_for_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + support::DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for collector") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "collector did not exit within {:?}",
-                support::DEADLINE
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_refuses_foreign_certificates_logs_why_and_stops_on_sigterm() {
@@ -110,14 +29,8 @@ async fn the_binary_refuses_foreign_certificates_logs_why_and_stops_on_sigterm()
         ),
     )
     .expect("write config");
-    let mut collector = Process::start(&["--config", config.to_str().expect("utf-8 path")]);
-    let line = collector.wait_for_line(&["listening on "]);
-    let addr: SocketAddr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut collector = Process::with_config(&config);
+    let addr: SocketAddr = collector.listen_addr();
 
     // A certificate from another CA, with a role and name that would otherwise be accepted.
     let other_ca = tempfile::tempdir().expect("temp dir");
@@ -172,7 +85,7 @@ async fn the_binary_refuses_foreign_certificates_logs_why_and_stops_on_sigterm()
     collector.wait_for_line(&["malformed request from alice (operator)"]);
     assert!(matches!(alice.ask(&query).await, Reply::Alerts(_)));
 
-    let pid = collector.child.id().to_string();
+    let pid = collector.pid().to_string();
     let kill = Command::new("kill")
         .args(["-TERM", &pid])
         .status()

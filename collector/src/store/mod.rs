@@ -12,6 +12,7 @@
 //! from its writer thread, PostgreSQL from a LISTEN connection that reads what any collector
 //! committed.
 
+mod leadership;
 mod postgres;
 mod sqlite;
 
@@ -26,6 +27,7 @@ use tokio::sync::broadcast;
 pub use vigil_proto::StoredEvent;
 use vigil_proto::{Alert, Batch, Loss, SensorInfo, SensorStatus, StoredAlert, Timestamp};
 
+pub use leadership::LeaderSession;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -214,10 +216,9 @@ impl EncodedBatch {
 /// What became of a published batch.
 #[derive(Debug, PartialEq)]
 pub enum Published {
-    /// Committed now, with these alerts (ids assigned). NB: this is the point where an alert
-    /// received by *this* collector is durably stored; per-alert outputs hook in here
-    /// (`server::publish`), while `vigil tail` follows the store's feed, which also carries
-    /// alerts other collectors stored.
+    /// Committed now, with these alerts (ids assigned). NB: outputs and `vigil tail` do not
+    /// hook in here but follow the store's feed, which also carries alerts other collectors
+    /// stored; with several collectors, one of them leads the outputs (`crate::outputs`).
     Stored { alerts: Vec<StoredAlert> },
     /// This (sensor, seq) was stored before; nothing was written.
     Duplicate,

@@ -36,6 +36,8 @@ const POOL_SIZE: usize = 4;
 const MIGRATION_LOCK: i64 = 0x7669_6769_6c00_0001;
 const ALERT_ORDER_LOCK: i64 = 0x7669_6769_6c00_0002;
 const PARTITION_LOCK: i64 = 0x7669_6769_6c00_0003;
+/// Held, session-level, by the one collector that forwards alerts to the outputs.
+pub(super) const OUTPUTS_LEADER_LOCK: i64 = 0x7669_6769_6c00_0004;
 
 /// The channel committed alerts are announced on.
 const ALERT_CHANNEL: &str = "vigil_alerts";
@@ -106,6 +108,13 @@ const MIGRATIONS: &[&str] = &[
          prev_seen_ns BIGINT NOT NULL,
          silent BIGINT NOT NULL
      );",
+    // v3. Alert outputs shared by a fleet: how far each output (by its name in collector.yaml)
+    // has forwarded, so that the collector that leads the outputs next resumes there.
+    "CREATE TABLE output_cursors (
+         output TEXT PRIMARY KEY,
+         last_id BIGINT NOT NULL,
+         updated_ns BIGINT NOT NULL
+     );",
 ];
 
 /// The columns [`SensorRow`] is read from, in its order.
@@ -123,7 +132,7 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
 
 /// The PostgreSQL engine.
 pub struct PgStore {
-    url: PostgresUrl,
+    pub(super) url: PostgresUrl,
     pool: Vec<Mutex<Client>>,
     next: AtomicUsize,
     /// Days whose event partition exists (this collector made sure of it).
@@ -725,7 +734,7 @@ impl Storage for PgStore {
     }
 }
 
-async fn connect(url: &PostgresUrl) -> Result<Client, StoreError> {
+pub(super) async fn connect(url: &PostgresUrl) -> Result<Client, StoreError> {
     let (client, connection) =
         url.config()
             .connect(NoTls)

@@ -3,11 +3,13 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod postgres;
+pub mod process;
+pub mod receivers;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -27,6 +29,15 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(DEADLINE, fut).await {
         Ok(value) => value,
         Err(_) => panic!("timed out after {DEADLINE:?} waiting for {what}"),
+    }
+}
+
+/// Polls until `check` holds, failing with `what` after `timeout`.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -277,4 +288,11 @@ pub fn batch(seq: u64, marker: &str, alerts: usize) -> Batch {
         alerts: (0..alerts).map(|i| alert(marker, 3 + i as u64)).collect(),
         loss: Default::default(),
     }
+}
+
+/// A batch of just `alert`, no events.
+pub fn one_alert_batch(seq: u64, alert: Alert) -> Batch {
+    let mut b = batch(seq, "unused", 0);
+    b.alerts = vec![alert];
+    b
 }
