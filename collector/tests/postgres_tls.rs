@@ -6,7 +6,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use support::postgres::PgServer;
+use support::postgres::{PgServer, CERT_USER};
 use support::{batch, within};
 use tempfile::TempDir;
 use tokio::sync::broadcast;
@@ -16,12 +16,14 @@ use vigil_proto::Timestamp;
 /// In every URL, so every error can be checked for it.
 const PASSWORD: &str = "hunter2";
 
-/// The server (whose certificate names `localhost` only), the CA that signed it, and a CA
-/// that did not.
+/// The server (whose certificate names `localhost` only), the CA that signed it, a CA that did
+/// not, and a client certificate for [`CERT_USER`] from the first.
 struct Fixture {
     server: PgServer,
     ca: PathBuf,
     other_ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
     _files: TempDir,
 }
 
@@ -44,7 +46,16 @@ fn fixture() -> Option<Fixture> {
         .expect("server params")
         .signed_by(&server_key, &issuer)
         .expect("sign the server's certificate");
-    let server = PgServer::start_tls(&server_cert.pem(), &server_key.serialize_pem())?;
+    let client_key = KeyPair::generate().expect("client key");
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    // The server maps a certificate to the role named by its CN.
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, CERT_USER);
+    let client_cert = client_params
+        .signed_by(&client_key, &issuer)
+        .expect("sign the client's certificate");
+    let server = PgServer::start_tls(&server_cert.pem(), &server_key.serialize_pem(), &ca_pem)?;
     let write = |name: &str, pem: &str| {
         let path = files.path().join(name);
         std::fs::write(&path, pem).expect("write a CA file");
@@ -53,6 +64,8 @@ fn fixture() -> Option<Fixture> {
     Some(Fixture {
         ca: write("ca.pem", &ca_pem),
         other_ca: write("other-ca.pem", &other_pem),
+        client_cert: write("client.pem", &client_cert.pem()),
+        client_key: write("client-key.pem", &client_key.serialize_pem()),
         server,
         _files: files,
     })
@@ -62,10 +75,15 @@ impl Fixture {
     /// A fresh database, reached at `host` (which always means 127.0.0.1, where the server
     /// listens: `hostaddr`), with `query` appended; the URL and the database's name.
     async fn url(&self, host: &str, query: &str) -> (PostgresUrl, String) {
-        let name = self.server.create_database().await;
+        self.url_as("vigil", host, query).await
+    }
+
+    /// As [`Self::url`], logging in as `user` (who owns the database).
+    async fn url_as(&self, user: &str, host: &str, query: &str) -> (PostgresUrl, String) {
+        let name = self.server.create_database_owned_by(user).await;
         let port = self.server.port();
         let url = PostgresUrl::try_from(format!(
-            "postgres://vigil:{PASSWORD}@{host}:{port}/{name}?hostaddr=127.0.0.1&{query}"
+            "postgres://{user}:{PASSWORD}@{host}:{port}/{name}?hostaddr=127.0.0.1&{query}"
         ))
         .unwrap_or_else(|e| panic!("{query}: {e}"));
         (url, name)
@@ -206,4 +224,24 @@ async fn each_sslmode_checks_what_libpq_checks() {
         err.contains("no pg_hba.conf entry") && err.contains("no encryption"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_when_the_server_asks() {
+    let Some(fixture) = fixture() else {
+        return;
+    };
+    let verified = format!("sslmode=verify-full&sslrootcert={}", path(&fixture.ca));
+    let with_cert = format!(
+        "{verified}&sslcert={}&sslkey={}",
+        path(&fixture.client_cert),
+        path(&fixture.client_key)
+    );
+    works(
+        &fixture,
+        fixture.url_as(CERT_USER, "localhost", &with_cert).await,
+    )
+    .await;
+    let err = fails(fixture.url_as(CERT_USER, "localhost", &verified).await).await;
+    assert!(err.contains("requires a valid client certificate"), "{err}");
 }

@@ -19,6 +19,9 @@ use vigil_collector::store::PostgresUrl;
 /// How long the server may take to accept connections (initdb is not counted).
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The role that a TLS server ([`PgServer::start_tls`]) lets in only with a client certificate.
+pub const CERT_USER: &str = "vigil_cert";
+
 /// The account the server runs as when the tests run as root (postgres refuses root).
 const UNPRIVILEGED: &str = "nobody";
 
@@ -74,12 +77,13 @@ impl PgServer {
     }
 
     /// A server with `ssl=on` presenting this certificate (PEM) and key, that takes TCP logins
-    /// only over TLS (`hostssl` alone in pg_hba.conf); `None` as for [`Self::start`].
-    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<PgServer> {
-        Self::start_with(Some((cert_pem, key_pem)))
+    /// only over TLS (`hostssl` alone in pg_hba.conf): role [`CERT_USER`] with a client
+    /// certificate `client_ca_pem` signed, others without; `None` as for [`Self::start`].
+    pub fn start_tls(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Option<PgServer> {
+        Self::start_with(Some((cert_pem, key_pem, client_ca_pem)))
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> Option<PgServer> {
+    fn start_with(tls: Option<(&str, &str, &str)>) -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
             let why = "PostgreSQL is not installed (Debian package `postgresql`; `cargo xtask test` installs it)";
             if std::env::var_os("VIGIL_REQUIRE_POSTGRES").is_some() {
@@ -134,9 +138,13 @@ impl PgServer {
             "fsync=off".to_owned(),
             "max_connections=100".to_owned(),
         ];
-        if let Some((cert, key)) = tls {
+        if let Some((cert, key, client_ca)) = tls {
             // NB: the server refuses a key file others can read, or one owned by someone else.
-            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+            for (name, pem) in [
+                ("server.crt", cert),
+                ("server.key", key),
+                ("client-ca.crt", client_ca),
+            ] {
                 let path = data.join(name);
                 std::fs::write(&path, pem).expect("write the server's TLS file");
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
@@ -148,13 +156,18 @@ impl PgServer {
             }
             std::fs::write(
                 data.join("pg_hba.conf"),
-                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+                format!(
+                    "local all all trust\n\
+                     hostssl all {CERT_USER} 127.0.0.1/32 cert\n\
+                     hostssl all all 127.0.0.1/32 trust\n"
+                ),
             )
             .expect("write pg_hba.conf");
             settings.extend([
                 "ssl=on".to_owned(),
                 "ssl_cert_file=server.crt".to_owned(),
                 "ssl_key_file=server.key".to_owned(),
+                "ssl_ca_file=client-ca.crt".to_owned(),
             ]);
         }
         let port = free_port();
@@ -240,11 +253,26 @@ impl PgServer {
 
     /// A new, empty database on this server; its name.
     pub async fn create_database(&self) -> String {
+        self.create_database_owned_by("vigil").await
+    }
+
+    /// A new, empty database that `owner` (a role made if missing) owns; its name.
+    pub async fn create_database_owned_by(&self, owner: &str) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("vigil_{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        self.admin("postgres")
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+        let admin = self.admin("postgres").await;
+        if owner != "vigil" {
+            // NB: a role is per server, and tests share the server: make it once.
+            admin
+                .batch_execute(&format!(
+                    "DO $$ BEGIN CREATE ROLE {owner} LOGIN; \
+                     EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("create role {owner}: {e}"));
+        }
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
             .await
             .unwrap_or_else(|e| panic!("create database {name}: {e}"));
         name
