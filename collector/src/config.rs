@@ -416,6 +416,13 @@ mod tests {
         let text = problem("store: /var/lib/vigil/x.db\n");
         assert!(text.starts_with("FILE:1:"), "{text}");
         assert!(text.contains("postgres://"), "{text}");
+        let text = problem("store: postgres://vigil:hunter2@db/vigil?sslmode=verify-full\n");
+        assert!(text.starts_with("FILE:1:"), "{text}");
+        assert!(
+            text.contains("sslmode=verify-full needs sslrootcert"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
         let text = problem("retention:\n  events: soon\n");
         assert!(text.starts_with("FILE:2:"), "{text}");
         assert!(text.contains("bad duration"), "{text}");

@@ -27,9 +27,11 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     database: Option<PathBuf>,
     /// PostgreSQL URL to store events and alerts in instead of SQLite, e.g.
-    /// postgres://vigil@db.example.org/vigil [key: store]
-    #[arg(long, value_name = "URL", value_parser = parse_store)]
-    store: Option<vigil_collector::store::PostgresUrl>,
+    /// postgres://vigil@db.example.org/vigil?sslmode=verify-full&sslrootcert=/etc/vigil/pg-ca.pem
+    /// [key: store]
+    // NB: parsed after clap, whose error for a bad value would print it, password and all.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// CA certificate that client certificates must chain to [key: tls.ca] [default: /etc/vigil/ca.pem]
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
@@ -62,16 +64,17 @@ impl Args {
         };
         cfg.listen = listen.unwrap_or(cfg.listen);
         cfg.database = database.unwrap_or(cfg.database);
-        cfg.store = store.or(cfg.store);
+        if let Some(text) = store {
+            cfg.store = Some(
+                vigil_collector::store::PostgresUrl::try_from(text)
+                    .map_err(|e| anyhow::anyhow!("--store: {e}"))?,
+            );
+        }
         cfg.tls.ca = tls_ca.unwrap_or(cfg.tls.ca);
         cfg.tls.cert = tls_cert.unwrap_or(cfg.tls.cert);
         cfg.tls.key = tls_key.unwrap_or(cfg.tls.key);
         Ok((cfg, metrics))
     }
-}
-
-fn parse_store(text: &str) -> Result<vigil_collector::store::PostgresUrl, String> {
-    vigil_collector::store::PostgresUrl::try_from(text.to_owned())
 }
 
 fn main() -> std::process::ExitCode {

@@ -114,3 +114,22 @@ fn a_bad_config_is_one_line_naming_file_line_and_key() {
     assert!(stderr.contains(&expected), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_bad_store_url_is_refused_without_showing_its_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil-collector"))
+        .args([
+            "--store",
+            "postgres://vigil:hunter2@db/vigil?sslmode=strict",
+        ])
+        .output()
+        .expect("run vigil-collector");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--store: bad PostgreSQL URL")
+            && stderr.contains("unknown sslmode \"strict\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -40,7 +40,7 @@ pub struct LeaderSession {
 impl PgStore {
     /// Opens a session that can compete for the outputs leadership.
     pub async fn leader_session(&self) -> Result<LeaderSession, StoreError> {
-        let client = connect(&self.url).await?;
+        let client = connect(&self.url, &self.tls).await?;
         let session = LeaderSession {
             client,
             url: self.url.clone(),

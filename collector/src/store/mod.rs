@@ -13,6 +13,7 @@
 //! committed.
 
 mod leadership;
+pub mod pg_tls;
 mod postgres;
 mod sqlite;
 
@@ -233,19 +234,34 @@ pub enum StoreTarget {
     Postgres(PostgresUrl),
 }
 
-/// A PostgreSQL URL; Debug and Display leave out the password.
+/// A PostgreSQL URL; Debug and Display leave out the password. libpq's TLS keys (`sslmode`,
+/// `sslrootcert`, `sslcert`, `sslkey`) are taken out and kept apart (see [`pg_tls`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct PostgresUrl(String);
+pub struct PostgresUrl {
+    /// As written (what the config serializes back to).
+    text: String,
+    /// Without the TLS keys: what tokio-postgres parses.
+    rest: String,
+    tls: pg_tls::TlsParams,
+}
 
 impl PostgresUrl {
+    /// The URL as written, TLS keys included.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The TLS settings.
+    pub fn tls(&self) -> &pg_tls::TlsParams {
+        &self.tls
     }
 
     pub(crate) fn config(&self) -> tokio_postgres::Config {
         // Checked when the value was made.
-        self.0.parse().unwrap_or_default()
+        let mut config: tokio_postgres::Config = self.rest.parse().unwrap_or_default();
+        config.ssl_mode(self.tls.tokio_mode());
+        config
     }
 }
 
@@ -259,8 +275,10 @@ impl TryFrom<String> for PostgresUrl {
                 redact(&text)
             ));
         }
-        match text.parse::<tokio_postgres::Config>() {
-            Ok(_) => Ok(Self(text)),
+        let (rest, tls) = pg_tls::split_url(&text)
+            .map_err(|e| format!("bad PostgreSQL URL {:?}: {e}", redact(&text)))?;
+        match rest.parse::<tokio_postgres::Config>() {
+            Ok(_) => Ok(Self { text, rest, tls }),
             Err(e) => Err(format!("bad PostgreSQL URL {:?}: {e}", redact(&text))),
         }
     }
@@ -268,11 +286,12 @@ impl TryFrom<String> for PostgresUrl {
 
 impl From<PostgresUrl> for String {
     fn from(url: PostgresUrl) -> String {
-        url.0
+        url.text
     }
 }
 
-/// The URL without a password (`postgres://user:secret@host` -> `postgres://user:***@host`).
+/// The URL without a password (`postgres://user:secret@host` -> `postgres://user:***@host`, and
+/// `?password=secret` -> `?password=***`).
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
@@ -281,18 +300,35 @@ fn redact(url: &str) -> String {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
         },
-        None => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<&str> = query
+                .split('&')
+                .map(|pair| {
+                    if pair.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        pair
+                    }
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 impl fmt::Display for PostgresUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact(&self.0))
+        f.write_str(&redact(&self.text))
     }
 }
 
@@ -387,6 +423,9 @@ pub enum StoreError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A file named by the store URL's TLS keys (`sslrootcert`...) cannot be used.
+    #[error(transparent)]
+    PostgresTls(#[from] pg_tls::TlsFileError),
     /// The database's directory could not be created.
     #[error("cannot create database directory {}: {source}", dir.display())]
     CreateDir {
@@ -545,5 +584,29 @@ mod tests {
     fn a_store_that_is_not_a_postgres_url_is_refused() {
         let err = PostgresUrl::try_from("mysql://x".to_owned()).expect_err("not postgres");
         assert!(err.contains("postgres://"), "{err}");
+    }
+
+    #[test]
+    fn bad_tls_keys_are_refused_without_showing_the_password() {
+        for url in [
+            "postgres://vigil:hunter2@db/vigil?sslmode=strict",
+            "postgres://vigil@db/vigil?password=hunter2&sslmode=verify-full",
+        ] {
+            let err = PostgresUrl::try_from(url.to_owned()).expect_err(url);
+            assert!(err.contains("sslmode"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let url = PostgresUrl::try_from(
+            "postgres://vigil@db/vigil?password=hunter2&sslmode=require".to_owned(),
+        )
+        .expect("valid");
+        assert_eq!(
+            url.to_string(),
+            "postgres://vigil@db/vigil?password=***&sslmode=require"
+        );
+        assert_eq!(
+            url.config().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
     }
 }

@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, watch, Mutex};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use vigil_proto::{Alert, Batch, Event, Loss, SensorInfo, SensorStatus, StoredAlert, Timestamp};
 
 use super::{
@@ -126,13 +127,15 @@ const SENSOR_COLUMNS: &str =
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+        None => super::pg_tls::explain(e),
     }
 }
 
 /// The PostgreSQL engine.
 pub struct PgStore {
     pub(super) url: PostgresUrl,
+    /// TLS as the URL's `sslmode`/`sslrootcert` say; files read once, at open.
+    pub(super) tls: MakeRustlsConnect,
     pool: Vec<Mutex<Client>>,
     next: AtomicUsize,
     /// Days whose event partition exists (this collector made sure of it).
@@ -161,12 +164,14 @@ impl PgStore {
         url: &PostgresUrl,
         alerts: broadcast::Sender<StoredAlert>,
     ) -> Result<(Arc<PgStore>, Background), StoreError> {
+        let tls = super::pg_tls::connector(url.tls())?;
         let mut pool = Vec::with_capacity(POOL_SIZE);
         for _ in 0..POOL_SIZE {
-            pool.push(Mutex::new(connect(url).await?));
+            pool.push(Mutex::new(connect(url, &tls).await?));
         }
         let store = Arc::new(PgStore {
             url: url.clone(),
+            tls,
             pool,
             next: AtomicUsize::new(0),
             partitions: std::sync::Mutex::default(),
@@ -193,7 +198,7 @@ impl PgStore {
         let mut client = self.pool[index].lock().await;
         if client.is_closed() {
             tracing::warn!(store = %self.url, "PostgreSQL connection lost; reconnecting");
-            *client = connect(&self.url).await?;
+            *client = connect(&self.url, &self.tls).await?;
         }
         Ok(client)
     }
@@ -734,10 +739,13 @@ impl Storage for PgStore {
     }
 }
 
-pub(super) async fn connect(url: &PostgresUrl) -> Result<Client, StoreError> {
+pub(super) async fn connect(
+    url: &PostgresUrl,
+    tls: &MakeRustlsConnect,
+) -> Result<Client, StoreError> {
     let (client, connection) =
         url.config()
-            .connect(NoTls)
+            .connect(tls.clone())
             .await
             .map_err(|source| StoreError::Postgres {
                 target: url.to_string(),
@@ -825,7 +833,7 @@ async fn feed_alerts(
             .as_ref()
             .is_none_or(|(client, _)| client.is_closed())
         {
-            listener = listen(&store.url, wake.clone()).await;
+            listener = listen(&store.url, &store.tls, wake.clone()).await;
         }
         match store.alerts_after(last, FEED_PAGE).await {
             Ok(page) => {
@@ -856,9 +864,10 @@ async fn feed_alerts(
 /// `None` (logged) when the server cannot be reached, and the poll carries on alone.
 async fn listen(
     url: &PostgresUrl,
+    tls: &MakeRustlsConnect,
     wake: Arc<tokio::sync::Notify>,
 ) -> Option<(Client, JoinHandle<()>)> {
-    let (client, mut connection) = match url.config().connect(NoTls).await {
+    let (client, mut connection) = match url.config().connect(tls.clone()).await {
         Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(store = %url, "alert feed cannot connect: {}", describe(&e));

@@ -6,6 +6,7 @@
 //! is set (`cargo xtask test` installs the package and sets it): then a missing server fails.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +18,9 @@ use vigil_collector::store::PostgresUrl;
 
 /// How long the server may take to accept connections (initdb is not counted).
 const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The role that a TLS server ([`PgServer::start_tls`]) lets in only with a client certificate.
+pub const CERT_USER: &str = "vigil_cert";
 
 /// The account the server runs as when the tests run as root (postgres refuses root).
 const UNPRIVILEGED: &str = "nobody";
@@ -69,6 +73,17 @@ fn free_port() -> u16 {
 impl PgServer {
     /// Starts a server, or returns `None` after printing why it cannot run here.
     pub fn start() -> Option<PgServer> {
+        Self::start_with(None)
+    }
+
+    /// A server with `ssl=on` presenting this certificate (PEM) and key, that takes TCP logins
+    /// only over TLS (`hostssl` alone in pg_hba.conf): role [`CERT_USER`] with a client
+    /// certificate `client_ca_pem` signed, others without; `None` as for [`Self::start`].
+    pub fn start_tls(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Option<PgServer> {
+        Self::start_with(Some((cert_pem, key_pem, client_ca_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str, &str)>) -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
             let why = "PostgreSQL is not installed (Debian package `postgresql`; `cargo xtask test` installs it)";
             if std::env::var_os("VIGIL_REQUIRE_POSTGRES").is_some() {
@@ -118,18 +133,48 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut settings = vec![
+            "listen_addresses=127.0.0.1".to_owned(),
+            "fsync=off".to_owned(),
+            "max_connections=100".to_owned(),
+        ];
+        if let Some((cert, key, client_ca)) = tls {
+            // NB: the server refuses a key file others can read, or one owned by someone else.
+            for (name, pem) in [
+                ("server.crt", cert),
+                ("server.key", key),
+                ("client-ca.crt", client_ca),
+            ] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("write the server's TLS file");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod the server's TLS file");
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                        .expect("chown the server's TLS file");
+                }
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                format!(
+                    "local all all trust\n\
+                     hostssl all {CERT_USER} 127.0.0.1/32 cert\n\
+                     hostssl all all 127.0.0.1/32 trust\n"
+                ),
+            )
+            .expect("write pg_hba.conf");
+            settings.extend([
+                "ssl=on".to_owned(),
+                "ssl_cert_file=server.crt".to_owned(),
+                "ssl_key_file=server.key".to_owned(),
+                "ssl_ca_file=client-ca.crt".to_owned(),
+            ]);
+        }
         let port = free_port();
         let child = command("postgres")
             .arg("-D")
             .arg(&data)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=100",
-            ])
+            .args(settings.iter().flat_map(|setting| ["-c", setting]))
             .args(["-p", &port.to_string()])
             .arg("-k")
             .arg(dir.path())
@@ -167,18 +212,33 @@ impl PgServer {
         self.dir.path()
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// A new, empty database on this server, as a URL a collector takes.
     pub async fn database(&self) -> PostgresUrl {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("vigil_{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let admin = format!("postgres://vigil@127.0.0.1:{}/postgres", self.port);
+        let name = self.create_database().await;
+        PostgresUrl::try_from(format!("postgres://vigil@127.0.0.1:{}/{name}", self.port))
+            .expect("a valid URL")
+    }
+
+    /// An administrator's connection over the server's Unix socket (trusted also where TCP
+    /// takes TLS only).
+    pub async fn admin(&self, database: &str) -> tokio_postgres::Client {
+        let mut admin = tokio_postgres::Config::new();
+        admin
+            .host_path(self.dir.path())
+            .port(self.port)
+            .user("vigil")
+            .dbname(database);
         // The server accepts TCP a moment before it accepts logins: retry until it does.
         let started = Instant::now();
-        let client = loop {
-            match tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
+        loop {
+            match admin.connect(tokio_postgres::NoTls).await {
                 Ok((client, connection)) => {
                     tokio::spawn(connection);
-                    break client;
+                    return client;
                 }
                 Err(e) => {
                     assert!(
@@ -188,13 +248,34 @@ impl PgServer {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-        };
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+        }
+    }
+
+    /// A new, empty database on this server; its name.
+    pub async fn create_database(&self) -> String {
+        self.create_database_owned_by("vigil").await
+    }
+
+    /// A new, empty database that `owner` (a role made if missing) owns; its name.
+    pub async fn create_database_owned_by(&self, owner: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("vigil_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let admin = self.admin("postgres").await;
+        if owner != "vigil" {
+            // NB: a role is per server, and tests share the server: make it once.
+            admin
+                .batch_execute(&format!(
+                    "DO $$ BEGIN CREATE ROLE {owner} LOGIN; \
+                     EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("create role {owner}: {e}"));
+        }
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
             .await
             .unwrap_or_else(|e| panic!("create database {name}: {e}"));
-        PostgresUrl::try_from(format!("postgres://vigil@127.0.0.1:{}/{name}", self.port))
-            .expect("a valid URL")
+        name
     }
 }
 
