@@ -411,27 +411,42 @@ fn events_of(events: &[Value], pid: u32) -> Vec<(usize, &Value)> {
         .collect()
 }
 
+/// A sensor whose only watched prefix is a fresh directory holding one file, `name`.
+fn sensor_watching_one_file(name: &str) -> (tempfile::TempDir, String, Proc) {
+    let watched = tempfile::tempdir().expect("tempdir");
+    let file = watched.path().join(name);
+    std::fs::write(&file, b"x").expect("write");
+    let file = file.to_str().expect("utf-8").to_owned();
+    let config = config(watched.path(), &[watched.path()], None);
+    let sensor = start_sensor(&["--config", &config]);
+    (watched, file, sensor)
+}
+
+/// Runs the actor `runs` times with the arguments `args(marker)`, each with its own marker;
+/// returns each run's pid and marker.
+fn actors(runs: usize, label: &str, args: impl Fn(&str) -> Vec<String>) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    (0..runs)
+        .map(|i| {
+            let marker = format!("{label}-{i}-{me}");
+            let args = args(&marker);
+            let (pid, _) = act(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            (pid, marker)
+        })
+        .collect()
+}
+
 #[test]
 fn an_open_just_before_exit_comes_before_the_exit_with_its_process() {
     require_root();
     // The open goes to the bulk lane, the exit a moment later to the critical lane: the sensor
     // must enrich them in that order, or the open finds its process already gone.
-    let watched = tempfile::tempdir().expect("tempdir");
-    let file = watched.path().join("read-then-exit");
-    std::fs::write(&file, b"x").expect("write");
-    let file = file.to_str().expect("utf-8").to_owned();
-    let config = config(watched.path(), &[watched.path()], None);
-    let sensor = start_sensor(&["--config", &config]);
+    let (_watched, file, sensor) = sensor_watching_one_file("read-then-exit");
     let me = std::process::id();
     let my_exe = std::env::current_exe().expect("own executable");
-    let runs = 200;
-    let children: Vec<(u32, String)> = (0..runs)
-        .map(|i| {
-            let marker = format!("vigil-order-{i}-{me}");
-            let (pid, _) = act(&["open-many", &file, "1", &marker]);
-            (pid, marker)
-        })
-        .collect();
+    let children = actors(200, "vigil-order", |marker| {
+        ["open-many", &file, "1", marker].map(String::from).to_vec()
+    });
     let events = poll_until(Duration::from_secs(20), || {
         let events = json_lines(&sensor.stdout_lines());
         children
@@ -483,21 +498,13 @@ fn an_open_just_before_exit_comes_before_the_exit_with_its_process() {
 #[test]
 fn an_open_just_before_an_exec_belongs_to_the_image_before_the_exec() {
     require_root();
-    let watched = tempfile::tempdir().expect("tempdir");
-    let file = watched.path().join("read-then-exec");
-    std::fs::write(&file, b"x").expect("write");
-    let file = file.to_str().expect("utf-8").to_owned();
-    let config = config(watched.path(), &[watched.path()], None);
-    let sensor = start_sensor(&["--config", &config]);
+    let (_watched, file, sensor) = sensor_watching_one_file("read-then-exec");
     let me = std::process::id();
-    let runs = 100;
-    let children: Vec<(u32, String)> = (0..runs)
-        .map(|i| {
-            let marker = format!("vigil-exec-order-{i}-{me}");
-            let (pid, _) = act(&["open-then-exec", &file, "/bin/true", &marker]);
-            (pid, marker)
-        })
-        .collect();
+    let children = actors(100, "vigil-exec-order", |marker| {
+        ["open-then-exec", &file, "/bin/true", marker]
+            .map(String::from)
+            .to_vec()
+    });
     // NB: an exec event waits (up to 500 ms) for its executable's hash, so it can be printed
     // after its process's exit: wait for both.
     let events = poll_until(Duration::from_secs(20), || {
