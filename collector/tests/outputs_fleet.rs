@@ -40,6 +40,15 @@ struct Member {
 }
 
 impl Member {
+    /// Two collectors on the store, the first started the outputs leader, the second not.
+    fn leader_and_follower(pki: &Pki, url: &PostgresUrl, webhook: SocketAddr) -> (Member, Member) {
+        let mut leader = Member::start(pki, url, webhook);
+        leader.wait_for_lead("yes");
+        let mut follower = Member::start(pki, url, webhook);
+        follower.wait_for_lead("no");
+        (leader, follower)
+    }
+
     fn start(pki: &Pki, url: &PostgresUrl, webhook: SocketAddr) -> Member {
         let dir = tempfile::tempdir().expect("temp dir");
         let files = pki.files("collector");
@@ -186,10 +195,7 @@ async fn two_collectors_on_one_postgres_forward_each_alert_once() {
     let Some((_server, url, pki, http, webhook, inbox)) = setup().await else {
         return;
     };
-    let mut first = Member::start(&pki, &url, webhook);
-    first.wait_for_lead("yes");
-    let mut second = Member::start(&pki, &url, webhook);
-    second.wait_for_lead("no");
+    let (first, mut second) = Member::leader_and_follower(&pki, &url, webhook);
     assert_eq!((first.leads(), second.leads()), (1.0, 0.0));
 
     // Alerts stored through both collectors, alternately.
@@ -246,10 +252,7 @@ async fn killing_the_outputs_leader_mid_stream_loses_no_alert() {
     let Some((_server, url, pki, http, webhook, inbox)) = setup().await else {
         return;
     };
-    let mut leader = Member::start(&pki, &url, webhook);
-    leader.wait_for_lead("yes");
-    let mut follower = Member::start(&pki, &url, webhook);
-    follower.wait_for_lead("no");
+    let (mut leader, mut follower) = Member::leader_and_follower(&pki, &url, webhook);
 
     // A stream of alerts through the follower (which stays up), a few through the leader first.
     const ALERTS: u64 = 300;
@@ -311,10 +314,7 @@ async fn a_leader_that_loses_its_database_session_stops_and_the_lead_passes_on()
     let Some((_server, url, pki, http, webhook, inbox)) = setup().await else {
         return;
     };
-    let mut first = Member::start(&pki, &url, webhook);
-    first.wait_for_lead("yes");
-    let mut second = Member::start(&pki, &url, webhook);
-    second.wait_for_lead("no");
+    let (mut first, second) = Member::leader_and_follower(&pki, &url, webhook);
 
     const ALERTS: u64 = 200;
     let peer = Peer::connect(second.addr, &pki.files("sensor-1")).await;
