@@ -166,6 +166,25 @@ fn distinct_titles(inbox: &Inbox) -> usize {
         .len()
 }
 
+/// Asserts that every stored alert reached the receiver, each at most [`MAX_REPEATED`] extra
+/// times in all; returns the ids in arrival order.
+async fn every_stored_alert_arrived(inbox: &Inbox, url: &PostgresUrl, when: &str) -> Vec<i64> {
+    let ids: Vec<i64> = received(inbox).iter().map(|(id, _)| *id).collect();
+    let unique: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(
+        unique.iter().copied().collect::<Vec<_>>(),
+        stored_ids(url).await,
+        "every stored alert arrived"
+    );
+    let repeated = ids.len() - unique.len();
+    eprintln!("{repeated} alert(s) repeated {when}");
+    assert!(
+        repeated <= MAX_REPEATED,
+        "{repeated} alerts arrived twice: {ids:?}"
+    );
+    ids
+}
+
 /// Every alert id in the database, in order.
 async fn stored_ids(url: &PostgresUrl) -> Vec<i64> {
     let (client, connection) = tokio_postgres::connect(url.as_str(), tokio_postgres::NoTls)
@@ -287,20 +306,7 @@ async fn killing_the_outputs_leader_mid_stream_loses_no_alert() {
         distinct_titles(&inbox) == ALERTS as usize
     })
     .await;
-    let got = received(&inbox);
-    let ids: Vec<i64> = got.iter().map(|(id, _)| *id).collect();
-    let unique: BTreeSet<i64> = ids.iter().copied().collect();
-    assert_eq!(
-        unique.iter().copied().collect::<Vec<_>>(),
-        stored_ids(&url).await,
-        "every stored alert arrived"
-    );
-    let repeated = ids.len() - unique.len();
-    eprintln!("{repeated} alert(s) repeated by the failover");
-    assert!(
-        repeated <= MAX_REPEATED,
-        "{repeated} alerts arrived twice: {ids:?}"
-    );
+    let ids = every_stored_alert_arrived(&inbox, &url, "by the failover").await;
     assert!(
         ids.windows(2).all(|w| w[0] <= w[1]),
         "out of order: {ids:?}"
@@ -361,19 +367,7 @@ async fn a_leader_that_loses_its_database_session_stops_and_the_lead_passes_on()
         first.leads() + second.leads() == 1.0
     })
     .await;
-    let ids: Vec<i64> = received(&inbox).iter().map(|(id, _)| *id).collect();
-    let unique: BTreeSet<i64> = ids.iter().copied().collect();
-    assert_eq!(
-        unique.iter().copied().collect::<Vec<_>>(),
-        stored_ids(&url).await,
-        "every stored alert arrived"
-    );
-    let repeated = ids.len() - unique.len();
-    eprintln!("{repeated} alert(s) repeated after the session ended");
-    assert!(
-        repeated <= MAX_REPEATED,
-        "{repeated} alerts arrived twice: {ids:?}"
-    );
+    every_stored_alert_arrived(&inbox, &url, "after the session ended").await;
     first.stop();
     second.stop();
     http.stop();
